@@ -1,0 +1,340 @@
+"""The small, immutable records that flow through the pipeline.
+
+Trajectory -> DecisionPoint (State + expert Action) -> AgentReply (Action + call figures).
+Everything here is pure Python (no pyarrow, no litellm) and JSON-able through ``to_dict`` so it
+crosses the pytest-xdist channel unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, Any]
+"""One OpenAI chat message (role, content, tool_calls, tool_call_id, name...)."""
+
+ToolSpec = dict[str, Any]
+"""One OpenAI tool definition: ``{"type": "function", "function": {"name", "parameters"...}}``."""
+
+SPLITS = ("train", "eval")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call of an action.
+
+    ``arguments`` is the parsed JSON object; when the model sent arguments that are not a JSON
+    object, ``arguments`` is ``None``, ``raw_arguments`` keeps what was sent and ``error`` says why.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | None
+    raw_arguments: str = ""
+    id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, name: str, raw: Any, id: str | None = None) -> ToolCall:
+        """Build a call from the OpenAI ``function.arguments`` field (a JSON string or a dict)."""
+        if isinstance(raw, Mapping):
+            return cls(name, dict(raw), json.dumps(raw, sort_keys=True), id)
+        text = "" if raw is None else str(raw)
+        if text.strip() == "":
+            return cls(name, {}, text, id)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return cls(name, None, text, id, f"arguments are not valid JSON ({exc.msg} at char {exc.pos})")
+        if not isinstance(value, dict):
+            return cls(name, None, text, id, f"arguments are JSON {type(value).__name__}, not an object")
+        return cls(name, value, text, id)
+
+    def to_openai(self, index: int = 0) -> dict[str, Any]:
+        """The OpenAI ``tool_calls`` entry for this call."""
+        raw = self.raw_arguments if self.arguments is None else json.dumps(self.arguments)
+        return {
+            "id": self.id or f"call_{index}",
+            "type": "function",
+            "function": {"name": self.name, "arguments": raw},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arguments": None if self.arguments is None else dict(self.arguments),
+            "raw_arguments": self.raw_arguments,
+            "id": self.id,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ToolCall:
+        return cls(d["name"], d.get("arguments"), d.get("raw_arguments", ""), d.get("id"), d.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What an agent does at a state: tool calls and/or a text reply."""
+
+    tool_calls: tuple[ToolCall, ...] = ()
+    text: str | None = None
+
+    @property
+    def is_tool_call(self) -> bool:
+        return bool(self.tool_calls)
+
+    @property
+    def unparseable(self) -> bool:
+        """True when any tool call's arguments could not be parsed (scored wrong, never a crash)."""
+        return any(c.error for c in self.tool_calls)
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.tool_calls)
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Action:
+        """Read an OpenAI assistant message."""
+        calls = []
+        for i, tc in enumerate(message.get("tool_calls") or ()):
+            fn = tc.get("function") or {}
+            calls.append(ToolCall.parse(str(fn.get("name", "")), fn.get("arguments"), tc.get("id") or f"call_{i}"))
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        return cls(tuple(calls), content if content else None)
+
+    def to_message(self) -> Message:
+        """The OpenAI assistant message for this action."""
+        msg: Message = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            msg["tool_calls"] = [c.to_openai(i) for i, c in enumerate(self.tool_calls)]
+        return msg
+
+    def describe(self) -> str:
+        """A short human-readable form, e.g. ``get_order(order_id='W1')`` or ``"Sure, ..."``."""
+        if self.tool_calls:
+            parts = []
+            for c in self.tool_calls:
+                if c.arguments is None:
+                    parts.append(f"{c.name}(<unparseable: {c.raw_arguments[:40]!r}>)")
+                else:
+                    args = ", ".join(f"{k}={v!r}" for k, v in sorted(c.arguments.items()))
+                    parts.append(f"{c.name}({args})")
+            return "; ".join(parts)
+        text = (self.text or "").replace("\n", " ")
+        return repr(text[:60] + ("..." if len(text) > 60 else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tool_calls": [c.to_dict() for c in self.tool_calls], "text": self.text}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Action:
+        return cls(tuple(ToolCall.from_dict(c) for c in d.get("tool_calls") or ()), d.get("text"))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedOutcome:
+    """What a trajectory must achieve (as in tau-bench): required actions and required outputs."""
+
+    actions: tuple[ToolCall, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ExpectedOutcome | None:
+        if d is None:
+            return None
+        acts = tuple(ToolCall.parse(a["name"], a.get("arguments") or {}) for a in d.get("actions") or ())
+        return cls(acts, tuple(d.get("outputs") or ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "actions": [{"name": a.name, "arguments": dict(a.arguments or {})} for a in self.actions],
+            "outputs": list(self.outputs),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Trajectory:
+    """One recorded conversation of the expert, as stored in a dataset version."""
+
+    id: str
+    cohorts: tuple[str, ...]
+    split: str
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec]
+    expected: ExpectedOutcome | None = None
+    expert_scores: Mapping[str, float] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """Names of the tools the agent could call in this trajectory."""
+        return frozenset(tool_name(t) for t in self.tools)
+
+    def assistant_indexes(self) -> list[int]:
+        """Indexes of the assistant messages: one decision point each."""
+        return [i for i, m in enumerate(self.messages) if m.get("role") == "assistant"]
+
+    def decision_points(self) -> list[DecisionPoint]:
+        """Every decision point of this trajectory, in order."""
+        return [DecisionPoint(self, step, idx) for step, idx in enumerate(self.assistant_indexes())]
+
+
+def tool_name(tool: Mapping[str, Any]) -> str:
+    """The name of an OpenAI tool definition (accepts the bare function form too)."""
+    fn = tool.get("function")
+    return str(fn.get("name") if isinstance(fn, Mapping) else tool.get("name"))
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything an agent sees before a step: the message prefix and the tool list.
+
+    ``trajectory_id`` and ``step`` identify the recorded state (the recorded expert and the cache
+    use them); a live rollout state carries the episode's trajectory id and its own step number.
+    """
+
+    trajectory_id: str
+    step: int
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionPoint:
+    """An assistant turn of a recorded trajectory: the state before it and the expert's action.
+
+    Holds a reference to the trajectory and an index, so deriving a million of them copies no
+    messages; ``state`` and ``expert_action`` are built on demand.
+    """
+
+    trajectory: Trajectory
+    step: int
+    message_index: int
+
+    @property
+    def trajectory_id(self) -> str:
+        return self.trajectory.id
+
+    @property
+    def cohorts(self) -> tuple[str, ...]:
+        return self.trajectory.cohorts
+
+    @property
+    def key(self) -> str:
+        """A stable item id: ``<trajectory id>#<step>``."""
+        return f"{self.trajectory.id}#{self.step}"
+
+    @property
+    def state(self) -> State:
+        t = self.trajectory
+        return State(t.id, self.step, t.messages[: self.message_index], t.tools)
+
+    @property
+    def expert_action(self) -> Action:
+        return Action.from_message(self.trajectory.messages[self.message_index])
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """Figures of one agent answer: tokens, cost, latency, retries, cache, error."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    retries: int = 0
+    cached: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s,
+            "retries": self.retries,
+            "cached": self.cached,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CallStats:
+        return cls(**{k: d[k] for k in cls.__slots__ if k in d})  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """An agent's answer at a state. ``action`` is ``None`` exactly when the call failed."""
+
+    action: Action | None
+    stats: CallStats = field(default_factory=CallStats)
+
+    @property
+    def failed(self) -> bool:
+        return self.action is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": None if self.action is None else self.action.to_dict(), "stats": self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AgentReply:
+        a = d.get("action")
+        return cls(None if a is None else Action.from_dict(a), CallStats.from_dict(d.get("stats") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """One rollout: an agent driving a whole episode in the suite's environment.
+
+    ``actions`` are the agent's actions in order, ``messages`` the whole conversation (recorded
+    user turns, the agent's turns, tool results). ``error`` is set when a model call finally failed
+    (the episode is then excluded from scores, never scored as a mistake). ``final_state_ok`` is the
+    environment's own end-state check, ``None`` when the environment offers none.
+    """
+
+    trajectory_id: str
+    actions: tuple[Action, ...]
+    messages: tuple[Message, ...]
+    stats: CallStats = field(default_factory=CallStats)
+    error: str | None = None
+    final_state_ok: bool | None = None
+    repeat: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trajectory_id": self.trajectory_id,
+            "actions": [a.to_dict() for a in self.actions],
+            "messages": list(self.messages),
+            "stats": self.stats.to_dict(),
+            "error": self.error,
+            "final_state_ok": self.final_state_ok,
+            "repeat": self.repeat,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Episode:
+        return cls(
+            d["trajectory_id"],
+            tuple(Action.from_dict(a) for a in d.get("actions") or ()),
+            tuple(d.get("messages") or ()),
+            CallStats.from_dict(d.get("stats") or {}),
+            d.get("error"),
+            d.get("final_state_ok"),
+            int(d.get("repeat", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """An evaluator's verdict on one item: a value in [0, 1] and a reason a person can read."""
+
+    value: float
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.value <= 1.0):
+            raise ValueError(f"score {self.value!r} is outside [0, 1] (reason: {self.reason!r})")
