@@ -13,9 +13,14 @@ Every message names the bad value, where it came from, what was expected, and th
      |    +-- ImportFormatError     an import file that is not of the named format
      +-- AgentError             building or calling an agent
      |    +-- ModelCallError        a model call that finally failed (after retries)
+     |    |    +-- RetriesExhausted     ... carrying the attempts, retries and time spent
      |    +-- CacheMiss             cache mode `none` and no recording for a call
      +-- EvaluatorError         unknown evaluator, evaluator that returned a bad score
+ |    +-- JudgeError            an LLM judge call that failed or answered garbage (counted, never scored)
      +-- GateError              a parity assertion that cannot be evaluated (unknown cohort...)
+
+    BcloneWarning (UserWarning)
+     +-- CacheWarning           a corrupt or unreadable cache entry (treated as a miss)
 """
 
 from __future__ import annotations
@@ -65,6 +70,20 @@ class ModelCallError(AgentError):
     """A model call that failed after every retry."""
 
 
+class RetriesExhausted(ModelCallError):
+    """A model call that failed on its last allowed attempt; says how many attempts were made."""
+
+    def __init__(self, message: str, *, attempts: int, elapsed_s: float) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+
+    @property
+    def retries(self) -> int:
+        """Attempts after the first one."""
+        return max(0, self.attempts - 1)
+
+
 class CacheMiss(AgentError):
     """Cache mode `none` forbids a call that has no recording."""
 
@@ -73,5 +92,21 @@ class EvaluatorError(BcloneError):
     """An unknown evaluator or an evaluator that misbehaved."""
 
 
+class JudgeError(EvaluatorError):
+    """An LLM judge whose call failed or whose answer is not the strict JSON verdict asked for.
+
+    Judge runners turn it into a :class:`~pytest_bclone.evaluators.JudgeFailure` record: counted and
+    reported, excluded from the scores (never a silent 0 or 1).
+    """
+
+
 class GateError(BcloneError):
     """A parity assertion that cannot be evaluated as written."""
+
+
+class BcloneWarning(UserWarning):
+    """Base of every warning issued by pytest-bclone."""
+
+
+class CacheWarning(BcloneWarning):
+    """A cache entry that cannot be read; it is treated as a miss (and re-recorded when allowed)."""
