@@ -156,7 +156,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("confidence", "confidence level of the parity intervals", 0.95,
            _float(0.5, 1.0, open_hi=True), metavar="LEVEL"),
     Option("bootstrap", "paired-bootstrap resamples per interval", 2000, _int(100, 1_000_000), metavar="N"),
-    Option("max_error_rate", "share of failed model calls above which a cohort is inconclusive", 0.05,
+    Option("max_error_rate", "share of failed model calls above which a cohort is inconclusive (default 0: any "
+           "failed call makes the cohort inconclusive)", 0.0,
            _float(0.0, 1.0), metavar="RATE"),
     Option("holm", "Holm-correct the parity tests across the cohorts of a run", False, flag=True),
     Option("cohort_metrics", "default metric per cohort for assert_parity: COHORT=METRIC lines (ini only)", {},
@@ -204,7 +205,7 @@ class BcloneConfig:
     judge: str | None = None
     confidence: float = 0.95
     bootstrap: int = 2000
-    max_error_rate: float = 0.05
+    max_error_rate: float = 0.0
     holm: bool = False
     cohort_metrics: Mapping[str, str] = field(default_factory=dict)
     report_json: str | None = None

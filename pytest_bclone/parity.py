@@ -1,0 +1,690 @@
+"""Paired parity statistics and gate verdicts. Pure: no pytest, no litellm, no pyarrow.
+
+For one (cohort, metric) the gate receives paired per-item scores in [0, 1], ``expert[i]`` and
+``clone[i]`` for the same item ``i`` (a decision point or a trajectory), optionally the cluster
+(trajectory id) of each item, and how many items were lost to failed model calls. Parity is
+``clone - expert`` in points (x100). :func:`parity_verdict` turns that into a :class:`Verdict`.
+
+The statistics, exactly
+-----------------------
+*Interval.* A seeded paired bootstrap of the mean difference. Units are resampled with
+replacement: items, or whole clusters when ``clusters`` is given (decision points of one
+trajectory are correlated; resampling them one by one understates the variance, and the
+simulation shows the item bootstrap then passes a clone at the margin several times too
+often). The statistic of a resample is ``sum of its item differences / its number of items``.
+With ``B`` resamples sorted ascending (``m(0) <= ... <= m(B-1)``) and ``alpha = 1 - confidence``
+the interval is the BCa interval (Efron 1987) ``[m(floor(l * B)), m(B - 1 - floor((1 - h) * B))]``
+with ``l = Phi(z0 + u/(1 - a u))``, ``u = z0 + Phi^-1(alpha/2)`` (``h`` likewise with
+``1 - alpha/2``), ``z0`` the bias correction (ties counted half) and ``a`` the jackknife
+acceleration over units. ``interval="percentile"`` sets ``z0 = a = 0`` (``l = alpha/2``).
+The interval is widened, if need be, to contain the point estimate (a guard against Monte
+Carlo noise in tiny samples; it can only make a pass harder).
+
+*Why BCa and not percentile.* A clone that loses a few of the expert's wins gives a skewed,
+Poisson-like difference: with ~15 expected regressions the percentile interval is a Wald
+interval in disguise (its variance is estimated at the observed, often lower, regression count).
+At a true gap equal to the margin (n=500, margin 3, expert 0.9) it passed about 8% of simulated
+gates with a non-strict margin and 3.5% with the strict one of rule 6; BCa with the strict margin
+passes 1.5% (4000 gates; nominal 2.5%). With no skewness (``a = 0``) and no bias (``z0 = 0``)
+BCa is the percentile interval. Degenerate cases are defined: identical agents give ``z0 = 0``
+(mid-rank ties, as scipy.stats.bootstrap) and ``a = 0`` (no spread).
+
+*p-value.* The one-sided non-inferiority p-value for ``H0: true diff <= -within``: the share
+``s`` of bootstrap means at or below ``-within``, mapped through the inverse of the BCa level
+map, ``p = Phi(q / (1 + a q) - z0)`` with ``q = Phi^-1(s) - z0`` (``p = s`` for percentile).
+Hence ``p <= alpha/2`` exactly when ``ci_low > -within``: the interval rule, the p-value rule and
+Holm with one cohort are the same decision. Non-inferiority is judged CONSORT-style by the lower
+bound of the two-sided interval, i.e. a one-sided test at level ``alpha/2`` (2.5% for 95%).
+
+*Decision*, in this order (the first that applies wins):
+
+1. ``errors / total > max_error_rate`` -> inconclusive (failed calls are excluded, never scored).
+2. ``n == 0`` -> inconclusive ("no items").
+3. ``within == 0`` -> the exact *zero-regression* rule: pass iff no item is a regression
+   (binary metric: expert 1 and clone 0; any other metric: clone below expert), else fail with
+   the count; any failed call makes it inconclusive (it could hide a regression). No interval
+   requirement: it is a statement about the observed items, not an estimate.
+4. fewer than ``min_n`` units (items, or clusters when clustered) -> inconclusive.
+5. the interval's half-width ``(ci_high - ci_low) / 2 > within`` -> inconclusive: the cohort is
+   too small to resolve its margin; ``n_needed = ceil(units * (halfwidth / within)^2)``
+   (``1/sqrt(n)`` scaling; in clusters when clustered). Never "the clone is worse".
+6. ``ci_low > -within`` -> pass, else fail. Strict, because the margin itself belongs to H0;
+   it matters only for discrete metrics, whose bootstrap means sit exactly on the margin.
+7. A pass with failed calls must survive the worst case: if every failed item had been a
+   regression (expert 1, clone 0) the mean would be ``(S - errors) / (n + errors)``; applying
+   that map to ``ci_low`` must still clear ``-within``, otherwise inconclusive. Failed items can
+   therefore never make a verdict pass.
+
+*Holm.* :func:`holm_adjust` takes the verdicts of a run (computed independently, e.g. on
+pytest-xdist workers) and applies Holm's step-down to the p-values of every verdict that has one
+and is not a zero-regression check (an exact statement about the observed items, not a test).
+Inconclusive verdicts stay in the family (more conservative, never less valid).
+A verdict keeps "pass" only if its Holm-adjusted p-value is ``<= alpha/2``; otherwise it becomes
+"fail". This controls, at ``alpha/2``, the family-wise probability of passing any cohort whose
+true gap is worse than its margin.
+
+*Determinism.* The bootstrap generator is seeded from ``sha256(base seed, cohort, metric)``
+(:func:`derive_seed`), never from ``hash()``, so a verdict is identical with and without
+pytest-xdist. Units are put in a canonical order before resampling and sums use ``math.fsum``,
+so the order in which items arrive does not change a verdict, not even in the last bit.
+
+*Speed.* Resampling is vectorised. When the units take few distinct values (binary metrics:
+differences in {-1, 0, 1}) the bootstrap is drawn exactly as multinomial counts over the distinct
+values, which is the same distribution as resampling units and costs ``B x values`` instead of
+``B x units``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from .errors import GateError
+
+if TYPE_CHECKING:  # numpy is imported lazily inside functions: importing this module stays cheap
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = [
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_MAX_ERROR_RATE",
+    "DEFAULT_MIN_N",
+    "DEFAULT_RESAMPLES",
+    "FAIL",
+    "INCONCLUSIVE",
+    "PASS",
+    "Interval",
+    "Status",
+    "Verdict",
+    "derive_seed",
+    "format_verdict",
+    "holm_adjust",
+    "naive_passes",
+    "parity_verdict",
+]
+
+Status = Literal["pass", "fail", "inconclusive"]
+Interval = Literal["bca", "percentile"]
+if TYPE_CHECKING:
+    Scores = Sequence[float] | NDArray[Any]
+    """Per-item scores in [0, 1]: a list, or a 1-D numpy array."""
+PASS: Status = "pass"
+FAIL: Status = "fail"
+INCONCLUSIVE: Status = "inconclusive"
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+DEFAULT_MAX_ERROR_RATE = 0.0
+DEFAULT_MIN_N = 10
+"""Fewest units (items, or clusters) for an interval-based verdict: below it a bootstrap of a
+handful of identical scores would "resolve" any margin with a zero-width interval."""
+
+MIN_RESAMPLES = 100
+
+# Comparisons in points tolerate float noise far below any meaningful difference (bootstrap
+# means of binary data sit exactly on the margin: -1500/500 must compare equal to -3).
+_EPS = 1e-9
+# Use the multinomial shortcut when distinct unit values are this many times fewer than units.
+_COMPRESS_FACTOR = 16
+_NORMAL = NormalDist()
+# Rows of the resample index matrix drawn at once (bounds memory at ~8 MB for int64 indices).
+_CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one parity assertion: one cohort, one metric. JSON-able via :meth:`to_dict`.
+
+    Means are in [0, 1]; ``diff``, ``ci_low``, ``ci_high`` and ``within`` are in points (x100).
+    Statistics are ``None`` when there is nothing to compute them from (``n == 0``).
+    ``regressions`` counts items where the clone scores below the expert (binary metric: expert
+    1, clone 0); it is counted for binary metrics, and for any metric when ``within == 0``, else
+    ``None``. ``p_value`` is the one-sided bootstrap non-inferiority p-value (compare with
+    ``(1 - confidence) / 2``); ``p_adjusted`` is its Holm-adjusted value once
+    :func:`holm_adjust` has run (then ``holm_adjusted`` is true).
+    """
+
+    cohort: str
+    metric: str
+    n: int
+    n_clusters: int | None
+    expert_mean: float | None
+    clone_mean: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    within: float
+    status: Status
+    reason: str
+    n_needed: int | None
+    regressions: int | None
+    errors: int
+    total: int
+    error_rate: float
+    p_value: float | None
+    holm_adjusted: bool = False
+    p_adjusted: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True when the cohort passes the gate."""
+        return self.status == PASS
+
+    @property
+    def halfwidth(self) -> float | None:
+        """Half the interval's width in points (what must not exceed ``within``)."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return (self.ci_high - self.ci_low) / 2
+
+    @property
+    def zero_regression(self) -> bool:
+        """True when the verdict came from the exact zero-regression rule (``within=0``)."""
+        return self.within == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (crosses the pytest-xdist channel unchanged)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        """Rebuild a verdict from :meth:`to_dict` output."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names[:-2] if name not in d]
+        if missing:
+            raise GateError(
+                f"verdict record is missing {', '.join(missing)}: expected the dict written by "
+                "Verdict.to_dict(); rebuild it from a current pytest-bclone run"
+            )
+        status = d["status"]
+        if status not in (PASS, FAIL, INCONCLUSIVE):
+            raise GateError(
+                f"verdict record has status={status!r}: expected 'pass', 'fail' or 'inconclusive'; "
+                "rebuild it with Verdict.to_dict()"
+            )
+        return cls(**{name: d[name] for name in names if name in d})
+
+
+def derive_seed(seed: int, cohort: str, metric: str) -> int:
+    """The bootstrap seed of one (cohort, metric): stable across processes and machines.
+
+    Python's ``hash()`` of a string changes per process (PYTHONHASHSEED), so an xdist worker
+    would get different intervals than a plain run; sha256 does not.
+    """
+    digest = hashlib.sha256(f"pytest-bclone/parity\0{seed}\0{cohort}\0{metric}".encode()).digest()
+    return int.from_bytes(digest[:16], "big")
+
+
+def naive_passes(expert: Scores, clone: Scores, within: float) -> bool:
+    """The point-estimate rule the gate replaces: ``clone_mean - expert_mean >= -within`` points.
+
+    Kept for the simulation that shows why it is wrong: at a true gap equal to the margin it
+    passes about half the time. An empty sample does not pass.
+    """
+    if len(expert) != len(clone):
+        raise GateError(
+            f"expert has {len(expert)} scores and clone has {len(clone)}: parity is paired, pass "
+            "one score per item for both agents, in the same item order"
+        )
+    if len(expert) == 0:
+        return False
+    diff = (math.fsum(clone) - math.fsum(expert)) * 100.0 / len(expert)
+    return diff >= -within - _EPS
+
+
+def parity_verdict(
+    cohort: str,
+    metric: str,
+    expert: Scores,
+    clone: Scores,
+    *,
+    within: float,
+    clusters: Sequence[Hashable] | None = None,
+    errors: int = 0,
+    total: int | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    min_n: int = DEFAULT_MIN_N,
+    interval: Interval = "bca",
+) -> Verdict:
+    """Decide one (cohort, metric) parity assertion. See the module docstring for the rules.
+
+    ``expert`` and ``clone`` hold the scores of the items that were scored (failed model calls
+    excluded), in the same item order; ``clusters`` optionally names each item's trajectory;
+    ``errors`` counts the items excluded because a model call failed, out of ``total`` items
+    (default ``len(expert) + errors``). ``seed`` is the run's base seed; the generator is seeded
+    with :func:`derive_seed` of it. Raises :class:`GateError` for inputs that cannot be evaluated.
+    """
+    import numpy as np
+
+    where = f"cohort {cohort!r} / metric {metric!r}"
+    _check_options(where, within, confidence, resamples, max_error_rate, min_n)
+    if interval not in ("bca", "percentile"):
+        raise GateError(f"{where}: interval={interval!r}: expected 'bca' (the default) or 'percentile'")
+    e = _scores(where, "expert", expert)
+    c = _scores(where, "clone", clone)
+    n = int(e.shape[0])
+    if c.shape[0] != n:
+        raise GateError(
+            f"{where}: expert has {n} scores and clone has {c.shape[0]}: parity is paired, so pass "
+            "one score per item for both agents, in the same item order"
+        )
+    if clusters is not None and len(clusters) != n:
+        raise GateError(
+            f"{where}: clusters has {len(clusters)} ids for {n} items: pass one trajectory id per "
+            "item (or clusters=None when items are independent)"
+        )
+    if isinstance(errors, bool) or not isinstance(errors, numbers.Integral) or errors < 0:
+        raise GateError(
+            f"{where}: errors={errors!r}: expected the number (>= 0) of items excluded because a "
+            "model call failed"
+        )
+    if total is None:
+        total = n + errors
+    if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < errors:
+        raise GateError(
+            f"{where}: total={total!r} with errors={errors}: expected the number of items "
+            "attempted, at least errors; leave total=None to use scored items + errors"
+        )
+    # numpy scalars are accepted; the verdict holds plain Python numbers (JSON-able).
+    errors, total, resamples, min_n = int(errors), int(total), int(resamples), int(min_n)
+    within, confidence, max_error_rate = float(within), float(confidence), float(max_error_rate)
+    error_rate = errors / total if total else 0.0
+    alpha = 1.0 - confidence
+
+    # -- statistics (whenever there is something to compute them from) ------------------------
+    units_sum, units_size, n_clusters = _units(where, e, c, clusters)
+    binary = bool(np.all((e == 0) | (e == 1)) and np.all((c == 0) | (c == 1))) if n else False
+    # A regression is an item where the clone scores below the expert: for a binary metric,
+    # expert 1 and clone 0. Counted for binary metrics, and for any metric when within=0.
+    regressions = int(np.count_nonzero(c < e)) if binary or within == 0 else None
+    expert_mean = clone_mean = diff = ci_low = ci_high = p_value = None
+    if n:
+        expert_mean = math.fsum(e.tolist()) / n
+        clone_mean = math.fsum(c.tolist()) / n
+        diff = math.fsum((c - e).tolist()) * 100.0 / n
+        rng = np.random.default_rng(derive_seed(seed, cohort, metric))
+        kinds, mult = _kinds(units_sum, units_size)
+        boot = _bootstrap_points(units_sum, units_size, kinds, mult, resamples, rng)
+        # z0 and a are 0 for the percentile interval, which BCa then reduces to exactly.
+        z0, accel = (0.0, 0.0) if interval == "percentile" else _bca_constants(boot, diff, kinds, mult)
+        lo_level = _bca_level(z0, accel, alpha / 2)
+        hi_level = _bca_level(z0, accel, 1 - alpha / 2)
+        lo_index = min(resamples - 1, math.floor(lo_level * resamples + 1e-9))
+        hi_index = max(0, resamples - 1 - math.floor((1 - hi_level) * resamples + 1e-9))
+        # Clamping to the point estimate only ever widens the interval; it guards the
+        # "interval contains the estimate" guarantee against Monte Carlo noise in tiny samples.
+        ci_low = min(float(boot[lo_index]), diff)
+        ci_high = max(float(boot[hi_index]), diff)
+        # H0 is "diff <= -within": resamples exactly on the margin count against the clone
+        # (binary metrics put whole atoms there). boot is sorted, so the share at or below
+        # -within is a binary search; mapping it through the inverse BCa level map makes
+        # p <= alpha/2 exactly when ci_low > -within.
+        at_or_below = int(np.searchsorted(boot, -within + _EPS, side="right")) / resamples
+        p_value = _bca_p(z0, accel, at_or_below)
+
+    def verdict(status: Status, reason: str, n_needed: int | None = None) -> Verdict:
+        return Verdict(
+            cohort=cohort, metric=metric, n=n, n_clusters=n_clusters, expert_mean=expert_mean,
+            clone_mean=clone_mean, diff=diff, ci_low=ci_low, ci_high=ci_high,
+            confidence=confidence, within=float(within), status=status, reason=reason,
+            n_needed=n_needed, regressions=regressions, errors=errors, total=total,
+            error_rate=error_rate, p_value=p_value,
+        )
+
+    # -- decision -------------------------------------------------------------------------------
+    if error_rate > max_error_rate + 1e-12:
+        return verdict(
+            INCONCLUSIVE,
+            f"{errors} of {total} items lost to failed model calls ({error_rate:.1%}, above the "
+            f"allowed {max_error_rate:.1%}); failed items are never scored, so fix the failing "
+            "calls or raise the allowed error rate",
+        )
+    if n == 0:
+        return verdict(INCONCLUSIVE, "no items: the cohort has no scored items for this metric")
+    assert diff is not None and ci_low is not None and ci_high is not None  # for mypy
+    units = n_clusters if n_clusters is not None else n
+    unit_word = "trajectories" if n_clusters is not None else "items"
+
+    if within == 0:
+        assert regressions is not None  # counted for every metric when within=0
+        if regressions:
+            what = "the expert succeeded and the clone failed" if binary else "the clone scored below the expert"
+            plural = "s" if regressions != 1 else ""
+            return verdict(
+                FAIL,
+                f"{regressions} regression{plural}: {what} on {regressions} item{plural}, and "
+                "within=0 allows none",
+            )
+        if errors:
+            return verdict(
+                INCONCLUSIVE,
+                f"no regression among the scored items, but the {errors} items lost to failed "
+                "model calls could hide regressions that within=0 does not allow",
+            )
+        return verdict(PASS, "zero regressions: the clone does at least as well as the expert on every item")
+
+    halfwidth = (ci_high - ci_low) / 2
+    more = _needed(units, halfwidth, within)
+    if units < min_n:
+        return verdict(
+            INCONCLUSIVE,
+            f"too few {unit_word} to decide: {units}, at least {min_n} are needed",
+            max(min_n, more if halfwidth > within + _EPS else 0),
+        )
+    level = f"{confidence * 100:g}%"
+    if halfwidth > within + _EPS:
+        return verdict(
+            INCONCLUSIVE,
+            f"too small to resolve a {within:g}-point margin: the {level} interval is "
+            f"+/-{halfwidth:.1f} pts wide; about {more} {unit_word} would resolve it",
+            more,
+        )
+    # Strict: a lower bound exactly on the margin does not reject H0 "diff <= -within".
+    if ci_low <= -within + _EPS:
+        if ci_high <= -within + _EPS:
+            why = "the clone is worse than the margin allows"
+        elif diff <= -within + _EPS:
+            why = "the clone is likely worse than the margin allows"
+        else:
+            why = (
+                f"the clone may be worse than the margin allows: the {level} interval reaches "
+                f"-{within:g} pts"
+            )
+        return verdict(FAIL, why)
+    if errors:
+        # Worst case for the failed items: each a regression (diff -1). The mean becomes
+        # (S - errors) / (n + errors), a monotone map we apply to the interval's lower bound.
+        worst = (ci_low / 100.0 * n - errors) / (n + errors) * 100.0
+        if worst <= -within + _EPS:
+            return verdict(
+                INCONCLUSIVE,
+                f"the clone clears the margin on the scored items, but if the {errors} items lost "
+                f"to failed model calls were all regressions the lower bound would be {worst:.1f} pts",
+            )
+    return verdict(PASS, f"the clone is within the margin: the whole {level} interval lies above -{within:g} pts")
+
+
+def holm_adjust(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Holm-correct the non-inferiority tests of a run; returns new verdicts in the same order.
+
+    The family is every verdict with a p-value that is not a zero-regression check (those are
+    exact, not tests); inconclusive verdicts stay in it, which only makes it more conservative.
+    With ``m`` tests and p-values sorted ascending ``p(1) <= ... <= p(m)``, the adjusted value is
+    ``max over j <= i of min(1, (m - j + 1) * p(j))``. A verdict keeps "pass" only if its adjusted
+    p-value is ``<= (1 - confidence) / 2``; otherwise it becomes "fail" with the reason. Family
+    members get ``holm_adjusted=True`` and ``p_adjusted``. Idempotent; independent of the order
+    of ``verdicts`` (tied p-values get the same adjusted value).
+    """
+    family = [i for i, v in enumerate(verdicts) if v.p_value is not None and not v.zero_regression]
+    if not family:
+        return list(verdicts)
+    levels = sorted({verdicts[i].confidence for i in family})
+    if len(levels) > 1:
+        raise GateError(
+            f"Holm correction needs one confidence level for the whole run, got {levels}: give "
+            "every parity assertion the same confidence= (or none, to use the run's default)"
+        )
+    alpha_half = (1.0 - levels[0]) / 2
+    m = len(family)
+    order = sorted(family, key=lambda i: cast(float, verdicts[i].p_value))
+    adjusted: dict[int, float] = {}
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * cast(float, verdicts[i].p_value)))
+        adjusted[i] = running
+    out: list[Verdict] = []
+    for i, v in enumerate(verdicts):
+        if i not in adjusted:
+            out.append(v)
+            continue
+        adj = adjusted[i]
+        new = replace(v, holm_adjusted=True, p_adjusted=adj)
+        if v.status == PASS and adj > alpha_half + 1e-9:
+            new = replace(
+                new,
+                status=FAIL,
+                reason=(
+                    f"non-inferiority not shown after Holm correction across {m} cohort tests "
+                    f"(adjusted p={adj:.3g} > {alpha_half:.3g})"
+                ),
+            )
+        out.append(new)
+    return out
+
+
+def format_verdict(verdict: Verdict) -> list[str]:
+    """The failure-message lines of a verdict: the summary line first, then details.
+
+    ``long_tail / trajectory_score: n=412 expert=0.912 clone=0.874 diff=-3.8 pts 95% CI
+    [-6.1, -1.5] margin -3.0 -> FAIL: the clone is worse than the margin allows``
+    """
+    v = verdict
+    size = f"n={v.n}" + (f" ({v.n_clusters} trajectories)" if v.n_clusters is not None else "")
+    level = f"{v.confidence * 100:g}%"
+    if v.n and v.expert_mean is not None and v.clone_mean is not None and v.diff is not None:
+        stats = (
+            f" expert={v.expert_mean:.3f} clone={v.clone_mean:.3f} diff={_pts(v.diff)} pts"
+            f" {level} CI [{_pts(v.ci_low)}, {_pts(v.ci_high)}]"
+        )
+    else:
+        stats = ""
+    lines = [
+        f"{v.cohort} / {v.metric}: {size}{stats} margin {_pts(-v.within)} -> {v.status.upper()}: {v.reason}"
+    ]
+    if v.n_needed is not None:
+        unit = "trajectories" if v.n_clusters is not None else "items"
+        have = v.n_clusters if v.n_clusters is not None else v.n
+        lines.append(f"  needed to decide: about {v.n_needed} {unit} (have {have})")
+    if v.regressions:
+        lines.append(f"  regressions: {v.regressions} items where the clone did worse than the expert")
+    if v.errors:
+        lines.append(f"  failed model calls: {v.errors} of {v.total} items ({v.error_rate:.1%}), excluded")
+    if v.holm_adjusted and v.p_adjusted is not None and v.p_value is not None:
+        lines.append(f"  Holm-adjusted p={v.p_adjusted:.3g} (raw p={v.p_value:.3g})")
+    return lines
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+def _pts(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+def _real(value: object) -> bool:
+    """A real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_options(
+    where: str, within: float, confidence: float, resamples: int, max_error_rate: float, min_n: int
+) -> None:
+    if not _real(within) or not 0 <= within <= 100:
+        raise GateError(
+            f"{where}: within={within!r}: the margin is the number of points (0 to 100) the clone "
+            "may lose against the expert; pass a number such as within=3 (0 means no regression)"
+        )
+    if not _real(confidence) or not 0.5 < confidence < 1:
+        raise GateError(
+            f"{where}: confidence={confidence!r}: expected a level strictly between 0.5 and 1, "
+            "such as confidence=0.95"
+        )
+    if isinstance(resamples, bool) or not isinstance(resamples, numbers.Integral) or resamples < MIN_RESAMPLES:
+        raise GateError(
+            f"{where}: resamples={resamples!r}: expected an integer >= {MIN_RESAMPLES} bootstrap "
+            f"resamples, such as {DEFAULT_RESAMPLES}"
+        )
+    if not _real(max_error_rate) or not 0 <= max_error_rate <= 1:
+        raise GateError(
+            f"{where}: max_error_rate={max_error_rate!r}: expected a share from 0 to 1 of items "
+            "that may be lost to failed model calls, such as 0.0 (none) or 0.05"
+        )
+    if isinstance(min_n, bool) or not isinstance(min_n, numbers.Integral) or min_n < 1:
+        raise GateError(f"{where}: min_n={min_n!r}: expected an integer >= 1, such as {DEFAULT_MIN_N}")
+
+
+def _scores(where: str, who: str, scores: Scores) -> NDArray[np.float64]:
+    import numpy as np
+
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next((s for s in scores if not isinstance(s, (int, float))), scores)
+        raise GateError(
+            f"{where}: {who} score {bad!r} is not a number: evaluators must return floats in [0, 1]"
+        ) from None
+    if arr.ndim != 1:
+        raise GateError(f"{where}: {who} scores have shape {arr.shape}: expected a flat list, one score per item")
+    bad_mask = ~((arr >= 0.0) & (arr <= 1.0))  # also catches NaN
+    if bad_mask.any():
+        i = int(np.flatnonzero(bad_mask)[0])
+        raise GateError(
+            f"{where}: {who} score {float(arr[i])!r} at item {i} is outside [0, 1]: evaluators "
+            "must return scores in [0, 1]; rescale the metric or fix the evaluator "
+            f"({int(bad_mask.sum())} bad score{'s' if bad_mask.sum() != 1 else ''} in all)"
+        )
+    return arr
+
+
+def _units(
+    where: str, e: NDArray[np.float64], c: NDArray[np.float64], clusters: Sequence[Hashable] | None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int | None]:
+    """Per-unit (sum of differences, number of items), in a canonical order.
+
+    Units are items, or clusters. Sorting by (sum, size) makes the resampling independent of
+    the order items arrive in and of the cluster labels; ``fsum`` makes cluster sums exact.
+    """
+    import numpy as np
+
+    d = c - e
+    if clusters is None:
+        return np.sort(d), np.ones_like(d), None
+    groups: dict[Hashable, list[float]] = {}
+    try:
+        for cid, value in zip(clusters, d.tolist()):
+            groups.setdefault(cid, []).append(value)
+    except TypeError:
+        raise GateError(f"{where}: cluster ids must be hashable (trajectory ids such as strings)") from None
+    sums = np.array([math.fsum(g) for g in groups.values()], dtype=np.float64)
+    sizes = np.array([len(g) for g in groups.values()], dtype=np.float64)
+    order = np.lexsort((sizes, sums))
+    return sums[order], sizes[order], len(groups)
+
+
+def _kinds(
+    sums: NDArray[np.float64], sizes: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The distinct (sum, size) units, sorted, and how many units of each there are."""
+    import numpy as np
+
+    kinds, mult = np.unique(np.stack([sums, sizes], axis=1), axis=0, return_counts=True)
+    return kinds, mult.astype(np.int64)
+
+
+def _bootstrap_points(
+    sums: NDArray[np.float64],
+    sizes: NDArray[np.float64],
+    kinds: NDArray[np.float64],
+    mult: NDArray[np.int64],
+    resamples: int,
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Sorted bootstrap means in points: ``100 * sum(sums[idx]) / sum(sizes[idx])``."""
+    import numpy as np
+
+    k = int(sums.shape[0])
+    if kinds.shape[0] * _COMPRESS_FACTOR <= k:
+        # Exact shortcut: the counts of each distinct unit in a resample of k units are
+        # Multinomial(k, mult / k); same distribution, B x kinds work instead of B x k.
+        counts = rng.multinomial(k, mult / k, size=resamples).astype(np.float64)
+        num = counts @ kinds[:, 0]
+        den = counts @ kinds[:, 1]
+    else:
+        num = np.empty(resamples)
+        den = np.empty(resamples)
+        rows = max(1, _CHUNK_ELEMENTS // k)
+        unit_sizes_are_one = bool(np.all(sizes == 1))
+        for start in range(0, resamples, rows):
+            stop = min(resamples, start + rows)
+            idx = rng.integers(0, k, size=(stop - start, k))
+            num[start:stop] = sums[idx].sum(axis=1)
+            den[start:stop] = k if unit_sizes_are_one else sizes[idx].sum(axis=1)
+    # Multiply before dividing: integer sums of binary data stay exact (-1500 / 500 == -3.0).
+    boot = num * 100.0 / den
+    boot.sort()
+    return boot
+
+
+def _bca_constants(
+    boot: NDArray[np.float64], estimate: float, kinds: NDArray[np.float64], mult: NDArray[np.int64]
+) -> tuple[float, float]:
+    """BCa bias correction ``z0`` and acceleration ``a`` (Efron 1987; Efron & Tibshirani ch. 14).
+
+    ``z0 = Phi^-1(share of resamples below the estimate)``, ties counted half (the mid-rank
+    convention of scipy.stats.bootstrap: binary metrics put whole atoms on the estimate, and
+    identical agents then get z0 = 0 instead of -inf). ``a`` is the jackknife skewness of the
+    leave-one-unit-out estimates ``(S - s_i) / (N - n_i)`` (units are items or clusters).
+    """
+    import numpy as np
+
+    b = boot.shape[0]
+    below = int(np.searchsorted(boot, estimate - _EPS, side="left"))
+    upto = int(np.searchsorted(boot, estimate + _EPS, side="right"))
+    share = min(max((below + upto) / 2 / b, 0.5 / b), 1 - 0.5 / b)
+    z0 = _NORMAL.inv_cdf(share)
+
+    k = int(mult.sum())
+    if kinds.shape[0] < 2:  # every unit alike: no skewness to correct (and 0/0 otherwise)
+        return z0, 0.0
+    w = mult.astype(np.float64)
+    total_sum = float(w @ kinds[:, 0])
+    total_size = float(w @ kinds[:, 1])
+    loo = (total_sum - kinds[:, 0]) / (total_size - kinds[:, 1])
+    dev = float(w @ loo) / k - loo
+    spread = float(w @ dev**2)
+    if spread <= 1e-24 * k:  # float noise only
+        return z0, 0.0
+    return z0, float(w @ dev**3) / (6.0 * spread**1.5)
+
+
+def _bca_level(z0: float, a: float, level: float) -> float:
+    """The bootstrap quantile level BCa uses in place of ``level``: Phi(z0 + u / (1 - a u)), u = z0 + z."""
+    if z0 == 0.0 and a == 0.0:
+        return level  # the percentile interval, without a float round trip
+    u = z0 + _NORMAL.inv_cdf(level)
+    den = 1.0 - a * u
+    if den <= 0.0:  # beyond the map's range: the level's limit
+        return 0.0 if u < 0 else 1.0
+    return _NORMAL.cdf(z0 + u / den)
+
+
+def _bca_p(z0: float, a: float, share: float) -> float:
+    """Inverse of :func:`_bca_level`: the nominal level whose BCa quantile is at ``share``."""
+    if z0 == 0.0 and a == 0.0:
+        return share
+    if share <= 0.0:
+        return 0.0
+    if share >= 1.0:
+        return 1.0
+    q = _NORMAL.inv_cdf(share) - z0
+    den = 1.0 + a * q
+    if den <= 0.0:
+        return 0.0 if q < 0 else 1.0
+    return _NORMAL.cdf(q / den - z0)
+
+
+def _needed(units: int, halfwidth: float, within: float) -> int:
+    """Units that would shrink the half-width to the margin, by the 1/sqrt(n) law (within > 0)."""
+    return max(units + 1, math.ceil(units * (halfwidth / within) ** 2 - 1e-9))
