@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BcloneError as exc:
         print(f"bclone: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `bclone dataset export v8 | head`: the reader left; that is not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -119,13 +123,13 @@ def _run(args: argparse.Namespace) -> int:
         from .dataset.openai_jsonl import write_openai_jsonl
 
         version = load_ref(args.ref, root, source="bclone dataset export", root_source=root_source)
-        rows = version.select(args.split)
+        selected = version.select(args.split)
         if args.output == "-":
-            n = write_openai_jsonl(rows, sys.stdout, with_ids=args.with_ids)
+            n = write_openai_jsonl(selected, sys.stdout, with_ids=args.with_ids)
         else:
             tmp = args.output + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                n = write_openai_jsonl(rows, f, with_ids=args.with_ids)
+                n = write_openai_jsonl(selected, f, with_ids=args.with_ids)
             os.replace(tmp, args.output)  # a reader never sees half a file
         print(f"exported {n} {args.split} trajectories of {version.ref}", file=sys.stderr)
         return 0
@@ -157,7 +161,8 @@ def _validate(args: argparse.Namespace, root: str, root_source: str) -> int:
     from .dataset.schema import validate_row
     from .dataset.store import load_ref
 
-    if not os.path.isfile(args.target):
+    is_import_file = os.path.isfile(args.target) or (args.format == "tau-bench" and os.path.isdir(args.target))
+    if not is_import_file:
         v = load_ref(args.target, root, source="bclone dataset validate", root_source=root_source)
         print(f"{v.ref}: {len(v.trajectories)} trajectories, every file matches its sha256 ({v.fingerprint})")
         return 0

@@ -101,7 +101,7 @@ class Option:
     name: str  # attribute of BcloneConfig; flag is --bclone-<name with dashes>, ini bclone_<name>
     help: str
     default: Any
-    parse: Callable[[str], Any] = _str
+    parse: Callable[[Any], Any] = _str  # a str, or the list of lines when ``multiple``
     metavar: str | None = None
     ini: bool = True
     flag: bool = False  # a boolean switch (store_true) instead of a value

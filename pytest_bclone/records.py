@@ -45,7 +45,7 @@ class ToolCall:
             return cls(name, {}, text, id)
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             return cls(name, None, text, id, f"arguments are not valid JSON ({exc.msg} at char {exc.pos})")
         if not isinstance(value, dict):
             return cls(name, None, text, id, f"arguments are JSON {type(value).__name__}, not an object")
@@ -274,7 +274,7 @@ class CallStats:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CallStats:
-        return cls(**{k: d[k] for k in cls.__slots__ if k in d})  # type: ignore[attr-defined]
+        return cls(**{k: d[k] for k in cls.__slots__ if k in d})
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ def diff_versions(a: DatasetVersion, b: DatasetVersion) -> VersionDiff:
         for t in a.trajectories:
             for m in t.messages:
                 for tc in m.get("tool_calls") or ():
-                    name = (tc.get("function") or {}).get("name")
+                    name = str((tc.get("function") or {}).get("name"))
                     if name in removed_tools:
                         still[name] += 1
     return VersionDiff(

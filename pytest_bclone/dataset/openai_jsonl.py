@@ -98,7 +98,7 @@ def iter_openai_jsonl(
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise RowError(
                     f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
                     "JSON object {\"messages\": [...], \"tools\": [...]}"

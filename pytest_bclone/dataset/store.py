@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, overload
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.fs as pafs  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from ..errors import DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
 from ..records import ExpectedOutcome, Message, Trajectory, tool_name
@@ -164,7 +164,7 @@ class DatasetStore:
         return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
 
     def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
 
     def check_root(self) -> None:
         """Raise DatasetNotFound when the root does not exist."""
