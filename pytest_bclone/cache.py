@@ -1,0 +1,259 @@
+"""Content-addressed record/replay of model calls.
+
+The key of a call is the sha256 of the canonical JSON of its request (model, messages, tools and
+sampling parameters, without transport settings such as ``api_key`` or ``api_base``) and the
+repeat index, so each of the K samples of a state has its own entry. One file per entry::
+
+    <cache_dir>/<key[:2]>/<key>.json   {"format": 1, "key", "label", "created", "request", "value"}
+
+Entries are written atomically (temporary file in the same directory, fsync, ``os.replace``):
+several pytest-xdist workers may write at once, and a run interrupted mid-write leaves the old
+entry or none, never half of one. An entry that cannot be read is a miss with a
+:class:`~pytest_bclone.errors.CacheWarning`, never a crash.
+
+Modes follow pytest-recording (``--bclone-cache-mode``):
+
+``none``          replay only; a miss raises :class:`~pytest_bclone.errors.CacheMiss`
+``new_episodes``  replay hits, record misses (the default)
+``all``           always call, and re-record
+``off``           always call, record nothing
+
+Any async call can go through :meth:`ModelCache.cached_call` (agents, judge evaluators). Stdlib
+only: importing this module imports neither litellm nor pyarrow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CacheMiss, CacheWarning, ConfigError
+
+if TYPE_CHECKING:
+    from .config import BcloneConfig
+
+__all__ = ["CACHE_MODES", "TRANSPORT_PARAMS", "CacheResult", "CacheStats", "ModelCache", "cache_key"]
+
+CACHE_MODES = ("none", "new_episodes", "all", "off")
+FORMAT = 1
+_TMP_COUNTER = itertools.count()
+
+TRANSPORT_PARAMS = frozenset(
+    {
+        "api_key", "api_base", "base_url", "api_version", "organization", "timeout", "request_timeout",
+        "num_retries", "max_retries", "extra_headers", "headers", "metadata", "client",
+    }
+)
+"""Request fields that say *how* to reach a model, not *what* to ask it: left out of the key (so
+moving a server does not invalidate a cache) and never written to disk (so no secret is)."""
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, tuples as lists: equal requests give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"cannot put {type(value).__name__} {value!r} in a cache key: use JSON types")
+
+
+def key_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a request that identifies it: everything but :data:`TRANSPORT_PARAMS`."""
+    return {k: v for k, v in request.items() if k not in TRANSPORT_PARAMS}
+
+
+def cache_key(request: Mapping[str, Any], repeat: int = 0) -> str:
+    """sha256 (hex) of the canonical JSON of the request's identifying part and the repeat index."""
+    payload = {"format": FORMAT, "repeat": repeat, "request": key_request(request)}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Counters of one :class:`ModelCache` (one process; xdist workers count separately)."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    corrupt: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "corrupt": self.corrupt}
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """The answer of :meth:`ModelCache.cached_call`: the value and whether it came from disk."""
+
+    value: dict[str, Any]
+    cached: bool
+    key: str
+
+
+class ModelCache:
+    """A directory of recorded model answers, addressed by :func:`cache_key`.
+
+    ``directory`` is created on the first write; with mode ``off`` it is never touched.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], mode: str = "new_episodes") -> None:
+        if mode not in CACHE_MODES:
+            raise ConfigError(
+                f"cache mode {mode!r} is not one of {', '.join(CACHE_MODES)}; "
+                "pass --bclone-cache-mode=new_episodes (the default) or another of those"
+            )
+        self.directory = Path(directory)
+        self.mode = mode
+        self.stats = CacheStats()
+        self._made_dirs: set[Path] = set()
+
+    @classmethod
+    def from_config(cls, config: BcloneConfig) -> ModelCache:
+        """The cache of ``--bclone-cache-dir`` (relative to the rootdir) in ``--bclone-cache-mode``."""
+        directory = Path(config.cache_dir)
+        if not directory.is_absolute():
+            directory = Path(config.rootdir) / directory
+        return cls(directory, config.cache_mode)
+
+    def path_for(self, key: str) -> Path:
+        """Where the entry of ``key`` lives (sharded by the first two hex digits)."""
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The recorded value of ``key``, or ``None`` when absent or unreadable (with a warning)."""
+        path = self.path_for(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._corrupt(path, f"cannot be read ({exc})")
+            return None
+        try:
+            entry = json.loads(data)  # bytes: a bad encoding is a ValueError here too
+        except ValueError as exc:
+            self._corrupt(path, f"is not valid JSON ({exc})")
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("value"), dict):
+            self._corrupt(path, "is not a cache entry for this key")
+            return None
+        value: dict[str, Any] = entry["value"]
+        return value
+
+    def _corrupt(self, path: Path, why: str) -> None:
+        self.stats.corrupt += 1
+        fix = (
+            "it is recorded again" if self.mode != "none"
+            else "rerun with --bclone-cache-mode=new_episodes to record it again"
+        )
+        warnings.warn(f"bclone cache entry {path} {why}; treated as a miss ({fix})", CacheWarning, stacklevel=3)
+
+    def put(self, key: str, value: Mapping[str, Any], *, request: Mapping[str, Any] | None = None,
+            label: str = "") -> Path:
+        """Write the entry of ``key`` atomically and durably (synchronously); return its path."""
+        path = self._write(key, self._encode(key, value, request, label))
+        self.stats.writes += 1
+        return path
+
+    def _encode(self, key: str, value: Mapping[str, Any], request: Mapping[str, Any] | None, label: str) -> bytes:
+        entry = {
+            "format": FORMAT,
+            "key": key,
+            "label": label,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "request": None if request is None else key_request(request),
+            "value": dict(value),
+        }
+        return json.dumps(entry, ensure_ascii=False, default=_jsonable).encode("utf-8")
+
+    def _write(self, key: str, data: bytes) -> Path:
+        path = self.path_for(key)
+        if path.parent not in self._made_dirs:  # a failed mkdir per write costs ~0.5 ms
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
+        # Temporary file in the same directory (os.replace is atomic only within one filesystem),
+        # named by process, thread and a counter so concurrent writers never share one. Raw os
+        # calls rather than tempfile/open: they hold the GIL for less time.
+        tmp = path.parent / f".{key[:16]}.{os.getpid()}.{threading.get_ident()}.{next(_TMP_COUNTER)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)  # the bytes are on disk before the name points at them
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    async def cached_call(
+        self,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        repeat: int = 0,
+        label: str = "",
+    ) -> CacheResult:
+        """Replay the recorded answer of ``request`` or ``await call()`` and record it, per the mode.
+
+        ``call`` returns a JSON-able mapping (the whole answer a replay must reproduce: message,
+        usage, cost...). If it raises, nothing is recorded and the exception propagates, so a failed
+        call is retried on the next run. ``label`` (e.g. ``trajectory 't1' step 3 repeat 0 (model
+        openai/clone)``) is what a :class:`~pytest_bclone.errors.CacheMiss` names.
+        """
+        key = cache_key(request, repeat)
+        if self.mode in ("none", "new_episodes"):
+            recorded = self.get(key)
+            if recorded is not None:
+                self.stats.hits += 1
+                return CacheResult(recorded, True, key)
+        self.stats.misses += 1
+        if self.mode == "none":
+            raise CacheMiss(
+                f"no recorded answer for {label or 'a model call'} in {self.directory} (key {key[:16]}...) "
+                "and --bclone-cache-mode=none forbids calling the model; rerun with "
+                "--bclone-cache-mode=new_episodes to record it (if it was recorded before, the prompt, "
+                "tools or sampling parameters have changed since)"
+            )
+        value = dict(await call())
+        if self.mode != "off":
+            await self._record(key, value, request, label)
+        return CacheResult(value, False, key)
+
+    async def _record(self, key: str, value: Mapping[str, Any], request: Mapping[str, Any], label: str) -> None:
+        """:meth:`put` on a worker thread, in a way that Ctrl-C cannot lose.
+
+        Why a thread: creating and fsync-ing a file costs 1-2 ms of mostly kernel time, which would
+        otherwise stall every call in flight (litellm keeps the event loop thread busy). Why it
+        loses nothing: the write is submitted before the first ``await`` and shielded, so cancelling
+        this task (Ctrl-C) cannot withdraw it; ``asyncio.run`` waits for the executor's queued work
+        before it returns or re-raises KeyboardInterrupt. So an answer is on disk by the time the
+        process ends, whether the run completes or is interrupted.
+        """
+        # Encode here: the worker thread then only makes system calls, which release the GIL, so it
+        # does not compete with the event loop for it.
+        data = self._encode(key, value, request, label)
+        write = asyncio.get_running_loop().run_in_executor(None, self._write, key, data)
+        await asyncio.shield(write)
+        self.stats.writes += 1  # counted on the loop thread: counters are not thread-safe

@@ -1,0 +1,538 @@
+"""The replay engine: ask the clone and the expert at recorded states, or let them drive episodes.
+
+Two entry points, both synchronous (each runs its own event loop) and both returning small
+JSON-able records that cross the pytest-xdist channel (``to_dict`` / ``from_dict``)::
+
+    result = run_replay(points, {"clone": clone, "expert": expert}, concurrency=16, repeats=3)
+    result.reply("t1#2", "clone", repeat=0)          # an AgentReply
+
+    rollouts = run_rollouts(trajectories, agents, make_env, concurrency=16)
+    rollouts.episode("clone", "t1")                  # an Episode
+
+``step`` mode (:func:`run_replay`) asks every agent at every decision point, once per repeat
+(teacher forcing). ``rollout`` mode (:func:`run_rollouts`) lets each agent drive each episode: tool
+calls run in an :class:`Environment` from the suite, user turns are replayed from the recording.
+
+Concurrency is a pool of ``concurrency`` workers, so at most that many agent calls (or episodes)
+are in flight however many states there are. Timeouts, retries and the cache live in the agents
+(see :mod:`pytest_bclone.retry` and :mod:`pytest_bclone.cache`); a failed call comes back as a
+failed :class:`~pytest_bclone.records.AgentReply` and is counted, never raised. What does raise:
+:class:`~pytest_bclone.errors.BcloneError` (a cache miss in mode ``none``, an agent returning
+nonsense) and Ctrl-C. Importing this module imports neither litellm nor pyarrow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from .agents.base import Agent
+from .agents.recorded import RecordedAgent
+from .errors import BcloneError
+from .progress import Progress
+from .records import (
+    Action,
+    AgentReply,
+    CallStats,
+    DecisionPoint,
+    Episode,
+    Message,
+    State,
+    ToolCall,
+    ToolSpec,
+    Trajectory,
+)
+from .retry import describe_exception
+
+__all__ = [
+    "CallTotals", "Environment", "EnvironmentFactory", "ReplayResult", "RolloutResult", "StepReplies",
+    "replay_async", "rollouts_async", "run_episode", "run_replay", "run_rollouts", "sum_stats",
+]
+
+T = TypeVar("T")
+J = TypeVar("J")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """Where rollout tool calls run; one fresh instance per episode, from the suite's hook.
+
+    ``tools`` is the OpenAI tool list the agent is offered (empty: the trajectory's own).
+    ``execute`` returns the tool result content the agent sees (it may be a coroutine); an
+    exception it raises is shown to the agent as ``Error: ...``, as tau-bench does. An
+    environment may also define ``final_state_ok() -> bool | None``, its own end-state check
+    (e.g. the database matches the expected one), reported as ``Episode.final_state_ok``.
+    """
+
+    @property
+    def tools(self) -> Sequence[ToolSpec]:  # read-only, so a plain `self.tools = [...]` satisfies it
+        ...
+
+    def execute(self, call: ToolCall) -> str | Awaitable[str]: ...
+
+
+EnvironmentFactory = Callable[[Trajectory], Environment]
+"""``factory(trajectory) -> Environment``: the plugin's ``pytest_bclone_make_environment`` hook."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class CallTotals:
+    """Sums over a set of replies or episodes of one agent; ``items`` is how many were summed."""
+
+    items: int = 0
+    failed: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    retries: int = 0
+    price_known: bool = True
+
+    @classmethod
+    def of(cls, stats: Iterable[CallStats]) -> CallTotals:
+        """The totals of ``stats``."""
+        items = failed = cached = prompt = completion = retries = 0
+        cost = latency = 0.0
+        known = True
+        for s in stats:
+            items += 1
+            failed += s.error is not None
+            cached += s.cached
+            prompt += s.prompt_tokens
+            completion += s.completion_tokens
+            cost += s.cost_usd
+            latency += s.latency_s
+            retries += s.retries
+            known = known and s.price_known
+        return cls(items, failed, cached, prompt, completion, cost, latency, retries, known)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of failed items (0 when there are none)."""
+        return self.failed / self.items if self.items else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items, "failed": self.failed, "cached": self.cached, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd, "latency_s": self.latency_s,
+            "retries": self.retries, "price_known": self.price_known,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CallTotals:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def sum_stats(stats: Sequence[CallStats]) -> CallStats:
+    """One CallStats for several calls (an episode): sums, ``cached`` when all were, first error."""
+    totals = CallTotals.of(stats)
+    error = next((s.error for s in stats if s.error is not None), None)
+    return CallStats(
+        totals.prompt_tokens, totals.completion_tokens, totals.cost_usd, totals.latency_s, totals.retries,
+        bool(stats) and totals.cached == len(stats), error, totals.price_known,
+    )
+
+
+@dataclass(frozen=True)
+class StepReplies:
+    """Every agent's reply at one decision point for one repeat index."""
+
+    key: str
+    trajectory_id: str
+    step: int
+    repeat: int
+    cohorts: tuple[str, ...]
+    replies: Mapping[str, AgentReply]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "trajectory_id": self.trajectory_id, "step": self.step, "repeat": self.repeat,
+            "cohorts": list(self.cohorts), "replies": {role: r.to_dict() for role, r in self.replies.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StepReplies:
+        return cls(
+            d["key"], d["trajectory_id"], int(d["step"]), int(d["repeat"]), tuple(d.get("cohorts") or ()),
+            {role: AgentReply.from_dict(r) for role, r in d["replies"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """The outcome of a step-mode replay: ``items`` in (point, repeat) order.
+
+    ``agents`` maps each role to its agent's name; ``wall_s`` is the replay's wall time.
+    """
+
+    items: tuple[StepReplies, ...]
+    agents: Mapping[str, str]
+    repeats: int = 1
+    wall_s: float = 0.0
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, int], StepReplies]:
+        return {(item.key, item.repeat): item for item in self.items}
+
+    def reply(self, key: str, role: str, repeat: int = 0) -> AgentReply:
+        """The reply of ``role`` at point ``key`` (``<trajectory id>#<step>``) for ``repeat``."""
+        return self._index[key, repeat].replies[role]
+
+    def totals(self) -> dict[str, CallTotals]:
+        """Per role: calls, failures, cache hits, tokens, cost, latency, retries."""
+        return {role: CallTotals.of(item.replies[role].stats for item in self.items) for role in self.agents}
+
+    def errors(self) -> list[tuple[str, int, str, str]]:
+        """Every failed reply as ``(key, repeat, role, error)``."""
+        return [
+            (item.key, item.repeat, role, reply.stats.error or "failed")
+            for item in self.items for role, reply in item.replies.items() if reply.failed
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": [item.to_dict() for item in self.items], "agents": dict(self.agents),
+            "repeats": self.repeats, "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReplayResult:
+        return cls(
+            tuple(StepReplies.from_dict(i) for i in d["items"]), dict(d["agents"]), int(d.get("repeats", 1)),
+            float(d.get("wall_s", 0.0)),
+        )
+
+    @classmethod
+    def merge(cls, results: Iterable[ReplayResult]) -> ReplayResult:
+        """One result from several (pytest-xdist workers): items concatenated, the longest wall time."""
+        results = list(results)
+        agents: dict[str, str] = {}
+        for r in results:
+            agents.update(r.agents)
+        return cls(
+            tuple(i for r in results for i in r.items), agents, max((r.repeats for r in results), default=1),
+            max((r.wall_s for r in results), default=0.0),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """The outcome of a rollout run: per role, its episodes in (trajectory, repeat) order."""
+
+    episodes: Mapping[str, tuple[Episode, ...]]
+    agents: Mapping[str, str]
+    repeats: int = 1
+    wall_s: float = 0.0
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, int], Episode]:
+        return {(role, e.trajectory_id, e.repeat): e for role, eps in self.episodes.items() for e in eps}
+
+    def episode(self, role: str, trajectory_id: str, repeat: int = 0) -> Episode:
+        """The episode ``role`` drove for ``trajectory_id`` and ``repeat``."""
+        return self._index[role, trajectory_id, repeat]
+
+    def totals(self) -> dict[str, CallTotals]:
+        """Per role, summed over episodes (``items`` counts episodes, ``failed`` those with an error)."""
+        return {role: CallTotals.of(e.stats for e in eps) for role, eps in self.episodes.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "episodes": {role: [e.to_dict() for e in eps] for role, eps in self.episodes.items()},
+            "agents": dict(self.agents), "repeats": self.repeats, "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutResult:
+        return cls(
+            {role: tuple(Episode.from_dict(e) for e in eps) for role, eps in d["episodes"].items()},
+            dict(d["agents"]), int(d.get("repeats", 1)), float(d.get("wall_s", 0.0)),
+        )
+
+    @classmethod
+    def merge(cls, results: Iterable[RolloutResult]) -> RolloutResult:
+        """One result from several (pytest-xdist workers)."""
+        results = list(results)
+        episodes: dict[str, list[Episode]] = {}
+        agents: dict[str, str] = {}
+        for r in results:
+            agents.update(r.agents)
+            for role, eps in r.episodes.items():
+                episodes.setdefault(role, []).extend(eps)
+        return cls(
+            {role: tuple(eps) for role, eps in episodes.items()}, agents,
+            max((r.repeats for r in results), default=1), max((r.wall_s for r in results), default=0.0),
+        )
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _progress(progress: bool | Progress, total: int, label: str, unit: str) -> Progress:
+    if isinstance(progress, Progress):
+        progress.total = total
+        return progress
+    return Progress(total, label=label, unit=unit, enabled=None if progress else False)
+
+
+async def _ask(agent: Agent, state: State, repeat: int) -> AgentReply:
+    """``agent.act`` that turns an unexpected exception (a buggy hook agent) into a failed reply."""
+    try:
+        return await agent.act(state, repeat=repeat)
+    except BcloneError:  # a cache miss in mode none, an agent returning nonsense: stop the run
+        raise
+    except Exception as exc:  # noqa: BLE001 (the Agent protocol says act must not raise; report it)
+        return AgentReply(None, CallStats(
+            error=f"agent {agent.name!r} raised {describe_exception(exc)} at trajectory "
+                  f"{state.trajectory_id!r} step {state.step} (act must return a failed AgentReply instead)"
+        ))
+
+
+async def _pool(jobs: Sequence[J], concurrency: int, handle: Callable[[J], Awaitable[None]], bar: Progress) -> None:
+    """Run ``handle`` on every job with at most ``concurrency`` in flight.
+
+    ``concurrency`` workers pull from one shared iterator (safe: one thread), so however many jobs
+    there are, only that many tasks exist. The first :class:`BcloneError` stops the pool and is
+    raised as itself, not as an exception group.
+    """
+    pending = iter(jobs)
+
+    async def worker() -> None:
+        for job in pending:
+            await handle(job)
+            bar.advance()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, min(concurrency, len(jobs)))):
+                group.create_task(worker())
+    except BaseExceptionGroup as errors:
+        first = next((e for e in errors.exceptions if isinstance(e, BcloneError)), errors.exceptions[0])
+        raise first from None
+    finally:
+        bar.close()
+
+
+async def _close(agents: Mapping[str, Agent]) -> None:
+    """Let agents release what is bound to this event loop (litellm's HTTP clients)."""
+    for agent in agents.values():
+        aclose = getattr(agent, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def replay_async(
+    points: Iterable[DecisionPoint],
+    agents: Mapping[str, Agent],
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    progress: bool | Progress = True,
+) -> ReplayResult:
+    """The coroutine behind :func:`run_replay`, for callers that already run an event loop."""
+    points = list(points)
+    roles = list(agents)
+    slots: list[dict[str, AgentReply]] = [{} for _ in range(len(points) * repeats)]
+    jobs = [(i, r, role) for i in range(len(points)) for r in range(repeats) for role in roles]
+
+    async def handle(job: tuple[int, int, str]) -> None:
+        i, r, role = job
+        slots[i * repeats + r][role] = await _ask(agents[role], points[i].state, r)
+
+    start = time.monotonic()
+    try:
+        await _pool(jobs, concurrency, handle, _progress(progress, len(jobs), "bclone replay", "calls"))
+    finally:
+        await _close(agents)
+    items = tuple(
+        StepReplies(p.key, p.trajectory_id, p.step, r, tuple(p.cohorts), slots[i * repeats + r])
+        for i, p in enumerate(points) for r in range(repeats)
+    )
+    return ReplayResult(items, {role: a.name for role, a in agents.items()}, repeats, time.monotonic() - start)
+
+
+def run_replay(
+    points: Iterable[DecisionPoint],
+    agents: Mapping[str, Agent],
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    progress: bool | Progress = True,
+) -> ReplayResult:
+    """Step mode: ask every agent at every point's recorded state, ``repeats`` times each.
+
+    ``agents`` maps a role (``clone``, ``expert``) to its agent; ``progress`` shows a status line
+    on stderr when it is a terminal and the replay lasts more than two seconds (False: never).
+    Raises :class:`~pytest_bclone.errors.CacheMiss` in cache mode ``none`` when a call has no
+    recording; every other failure is a failed reply in the result.
+    """
+    return _run(replay_async(points, agents, concurrency=concurrency, repeats=repeats, progress=progress))
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def _tool_content(result: object) -> str:
+    return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+async def _execute(env: Environment, call: ToolCall) -> str:
+    """Run one tool call; what goes wrong is told to the agent, as a tool result would be."""
+    if call.arguments is None:
+        return f"Error: the arguments of {call.name} could not be read: {call.error}"
+    try:
+        result: Any = env.execute(call)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:  # noqa: BLE001 (a tool error is part of the episode, as in tau-bench)
+        return f"Error: {describe_exception(exc)}"
+    return _tool_content(result)
+
+
+def _final_state_ok(env: Environment) -> bool | None:
+    check = getattr(env, "final_state_ok", None)
+    if check is None:
+        return None
+    value = check()
+    return None if value is None else bool(value)
+
+
+def step_cap(trajectory: Trajectory) -> int:
+    """Most agent turns an episode may take: 3x the recorded assistant turns + 5 (loops end)."""
+    return 3 * len(trajectory.assistant_indexes()) + 5
+
+
+async def run_episode(
+    agent: Agent, trajectory: Trajectory, env: Environment, *, repeat: int = 0, max_steps: int | None = None
+) -> Episode:
+    """Let ``agent`` drive one episode of ``trajectory`` in ``env``.
+
+    It starts from the recorded messages before the first assistant turn. After each action the
+    tool calls run in ``env`` and their results are appended; after a text answer without tool
+    calls the next recorded user message is appended. It ends when no recorded user turn is
+    left, at ``max_steps`` (default :func:`step_cap`), or at a failed call (``Episode.error``).
+    """
+    messages = list(trajectory.messages)
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+    conversation: list[Message] = messages[:first]
+    user_turns = deque(m for m in messages[first:] if m.get("role") == "user")
+    tools = list(env.tools) or list(trajectory.tools)
+    cap = step_cap(trajectory) if max_steps is None else max_steps
+    actions: list[Action] = []
+    stats: list[CallStats] = []
+    error: str | None = None
+    while len(actions) < cap:
+        reply = await _ask(agent, State(trajectory.id, len(actions), tuple(conversation), tools), repeat)
+        stats.append(reply.stats)
+        if reply.action is None:
+            error = reply.stats.error or f"agent {agent.name!r} failed without saying why"
+            break
+        action = reply.action
+        actions.append(action)
+        conversation.append(action.to_message())
+        if action.tool_calls:
+            for i, call in enumerate(action.tool_calls):
+                content = await _execute(env, call)
+                conversation.append({"role": "tool", "tool_call_id": call.id or f"call_{i}", "content": content})
+            continue
+        if not user_turns:
+            break
+        conversation.append(user_turns.popleft())
+    return Episode(
+        trajectory.id, tuple(actions), tuple(conversation), sum_stats(stats), error, _final_state_ok(env), repeat
+    )
+
+
+async def _recorded_episode(agent: RecordedAgent, trajectory: Trajectory, env: Environment, repeat: int) -> Episode:
+    """The recorded expert's episode is its recording; its tool calls still run in ``env`` so that
+    ``final_state_ok`` reports the expert's end state on the same footing as the clone's."""
+    recording = agent.recording(trajectory.id)
+    if recording is None:
+        why = f"the recorded expert has no trajectory {trajectory.id!r}"
+        return Episode(trajectory.id, (), (), CallStats(error=why), why, None, repeat)
+    actions = tuple(Action.from_message(recording.messages[i]) for i in recording.assistant_indexes())
+    for action in actions:
+        for call in action.tool_calls:
+            await _execute(env, call)
+    return Episode(trajectory.id, actions, tuple(recording.messages), CallStats(), None, _final_state_ok(env), repeat)
+
+
+async def rollouts_async(
+    trajectories: Iterable[Trajectory],
+    agents: Mapping[str, Agent],
+    env_factory: EnvironmentFactory,
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    max_steps: int | None = None,
+    progress: bool | Progress = True,
+) -> RolloutResult:
+    """The coroutine behind :func:`run_rollouts`."""
+    trajectories = list(trajectories)
+    roles = list(agents)
+    slots: dict[tuple[str, int, int], Episode] = {}
+    jobs = [(role, t, r) for t in range(len(trajectories)) for r in range(repeats) for role in roles]
+
+    async def handle(job: tuple[str, int, int]) -> None:
+        role, t, r = job
+        agent, trajectory = agents[role], trajectories[t]
+        env = env_factory(trajectory)  # a fresh environment per episode: episodes never share state
+        if isinstance(agent, RecordedAgent):
+            slots[job] = await _recorded_episode(agent, trajectory, env, r)
+        else:
+            slots[job] = await run_episode(agent, trajectory, env, repeat=r, max_steps=max_steps)
+
+    start = time.monotonic()
+    try:
+        await _pool(jobs, concurrency, handle, _progress(progress, len(jobs), "bclone rollout", "episodes"))
+    finally:
+        await _close(agents)
+    episodes = {role: tuple(slots[role, t, r] for t in range(len(trajectories)) for r in range(repeats))
+                for role in roles}
+    return RolloutResult(episodes, {role: a.name for role, a in agents.items()}, repeats, time.monotonic() - start)
+
+
+def run_rollouts(
+    trajectories: Iterable[Trajectory],
+    agents: Mapping[str, Agent],
+    env_factory: EnvironmentFactory,
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    max_steps: int | None = None,
+    progress: bool | Progress = True,
+) -> RolloutResult:
+    """Rollout mode: each agent drives every trajectory's episode ``repeats`` times.
+
+    ``env_factory(trajectory)`` gives a fresh :class:`Environment` per episode. The recorded
+    expert's episode is its recording. ``max_steps`` overrides :func:`step_cap`.
+    """
+    return _run(rollouts_async(
+        trajectories, agents, env_factory, concurrency=concurrency, repeats=repeats, max_steps=max_steps,
+        progress=progress,
+    ))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, also from code that already runs a loop (then on a helper thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool:
+        return pool.submit(asyncio.run, coro).result()

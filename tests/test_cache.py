@@ -1,0 +1,173 @@
+"""The content-addressed cache: keys, atomic entries, corrupt entries, record modes, concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_bclone.cache import ModelCache, cache_key
+from pytest_bclone.config import BcloneConfig
+from pytest_bclone.errors import CacheMiss, CacheWarning, ConfigError
+
+REQUEST: dict[str, Any] = {
+    "model": "openai/clone",
+    "messages": [{"role": "user", "content": "Where is W1?"}],
+    "tools": [{"type": "function", "function": {"name": "get_order", "parameters": {"type": "object"}}}],
+    "temperature": 0.0,
+    "api_key": "sk-secret",
+    "api_base": "http://127.0.0.1:1/v1",
+}
+
+
+class Counter:
+    """An async call that counts how often it ran and answers with the count."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> Mapping[str, Any]:
+        self.calls += 1
+        return {"message": {"role": "assistant", "content": f"answer {self.calls}"}}
+
+
+def call(cache: ModelCache, counter: Counter, request: Mapping[str, Any] = REQUEST, repeat: int = 0) -> Any:
+    return asyncio.run(cache.cached_call(request, counter, repeat=repeat, label="trajectory 't1' step 2"))
+
+
+def test_key_is_canonical_and_ignores_transport_settings() -> None:
+    reordered = dict(reversed(list(REQUEST.items())))
+    moved = {**REQUEST, "api_key": "other", "api_base": "http://elsewhere/v1", "timeout": 3}
+    assert cache_key(REQUEST) == cache_key(reordered) == cache_key(moved)
+    as_tuples = {**REQUEST, "messages": tuple(REQUEST["messages"])}
+    assert cache_key(as_tuples) == cache_key(REQUEST)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "openai/expert"},
+        {"messages": [{"role": "user", "content": "Where is W2?"}]},
+        {"tools": []},
+        {"temperature": 0.7},
+        {"seed": 1},
+    ],
+)
+def test_key_covers_model_messages_tools_and_sampling(change: dict[str, Any]) -> None:
+    assert cache_key({**REQUEST, **change}) != cache_key(REQUEST)
+
+
+def test_each_repeat_index_has_its_own_key() -> None:
+    assert len({cache_key(REQUEST, r) for r in range(3)}) == 3
+
+
+def test_entries_are_sharded_files_holding_request_and_value_but_no_secret(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path)
+    result = call(cache, Counter())
+    path = cache.path_for(result.key)
+    assert path.parent.name == result.key[:2] and path.name == f"{result.key}.json"
+    entry = json.loads(path.read_text())
+    assert entry["value"] == {"message": {"role": "assistant", "content": "answer 1"}}
+    assert entry["request"]["model"] == "openai/clone" and "api_key" not in entry["request"]
+    assert "sk-secret" not in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_new_episodes_replays_hits_and_records_misses(tmp_path: Path) -> None:
+    cache, counter = ModelCache(tmp_path), Counter()
+    first, second = call(cache, counter), call(cache, counter)
+    assert (first.cached, second.cached, counter.calls) == (False, True, 1)
+    assert second.value == first.value
+    assert call(cache, counter, repeat=1).cached is False  # another sample, another entry
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.writes) == (1, 2, 2)
+
+
+def test_mode_all_calls_again_and_rerecords(tmp_path: Path) -> None:
+    call(ModelCache(tmp_path), Counter())
+    counter = Counter()
+    counter.calls = 10
+    result = call(ModelCache(tmp_path, "all"), counter)
+    assert not result.cached and counter.calls == 11
+    assert call(ModelCache(tmp_path, "none"), Counter()).value["message"]["content"] == "answer 11"
+
+
+def test_mode_off_never_touches_the_directory(tmp_path: Path) -> None:
+    counter = Counter()
+    cache = ModelCache(tmp_path / "cache", "off")
+    call(cache, counter)
+    call(cache, counter)
+    assert counter.calls == 2 and not (tmp_path / "cache").exists()
+
+
+def test_mode_none_replays_and_a_miss_names_the_call_and_the_flag_that_records_it(tmp_path: Path) -> None:
+    call(ModelCache(tmp_path), Counter())
+    counter = Counter()
+    assert call(ModelCache(tmp_path, "none"), counter).cached and counter.calls == 0
+    with pytest.raises(CacheMiss) as info:
+        call(ModelCache(tmp_path, "none"), counter, repeat=1)
+    msg = str(info.value)
+    assert msg.startswith(f"no recorded answer for trajectory 't1' step 2 in {tmp_path} (key ")
+    assert "--bclone-cache-mode=none forbids calling the model; rerun with --bclone-cache-mode=new_episodes " \
+           "to record it" in msg
+    assert counter.calls == 0
+
+
+def test_a_failed_call_is_not_recorded(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path)
+
+    async def failing() -> Mapping[str, Any]:
+        raise RuntimeError("server down")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(cache.cached_call(REQUEST, failing))
+    assert not list(tmp_path.rglob("*.json"))
+    assert call(cache, Counter()).cached is False
+
+
+@pytest.mark.parametrize("garbage", [b"{\"key\": \"trunc", b"\xff\xfe\x00", b"[1, 2]", b'{"key": "other", "value": {}}'])
+def test_a_corrupt_entry_is_a_miss_with_a_warning_and_is_recorded_again(tmp_path: Path, garbage: bytes) -> None:
+    cache = ModelCache(tmp_path)
+    key = call(cache, Counter()).key
+    cache.path_for(key).write_bytes(garbage)
+    counter = Counter()
+    with pytest.warns(CacheWarning, match=r"bclone cache entry .* treated as a miss \(it is recorded again\)"):
+        result = call(cache, counter)
+    assert not result.cached and counter.calls == 1 and cache.stats.corrupt == 1
+    assert call(cache, Counter()).cached  # repaired
+
+
+def test_from_config_resolves_the_directory_against_the_rootdir(tmp_path: Path) -> None:
+    cache = ModelCache.from_config(BcloneConfig(rootdir=str(tmp_path), cache_dir="c", cache_mode="none"))
+    assert (cache.directory, cache.mode) == (tmp_path / "c", "none")
+    absolute = ModelCache.from_config(BcloneConfig(rootdir="/nowhere", cache_dir=str(tmp_path)))
+    assert absolute.directory == tmp_path
+
+
+def test_an_unknown_mode_is_a_config_error_that_lists_the_modes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cache mode 'replay' is not one of none, new_episodes, all, off"):
+        ModelCache(tmp_path, "replay")
+
+
+def _writer(args: tuple[str, int]) -> None:
+    directory, worker = args
+    cache = ModelCache(directory)
+    for i in range(40):
+        # half the keys are shared by every worker: same-key races must stay atomic
+        shared = i % 2 == 0
+        request = {**REQUEST, "messages": [{"role": "user", "content": f"q{i}" if shared else f"w{worker}-q{i}"}]}
+        cache.put(cache_key(request), {"message": {"content": "x" * 5000, "worker": worker}}, request=request)
+
+
+def test_concurrent_writers_in_several_processes_leave_only_whole_entries(tmp_path: Path) -> None:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_writer, [(str(tmp_path), w) for w in range(4)])
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == 20 + 4 * 20
+    for f in files:
+        assert json.loads(f.read_text())["value"]["message"]["content"] == "x" * 5000
+    assert not list(tmp_path.rglob("*.tmp"))
