@@ -45,8 +45,10 @@ bound of the two-sided interval, i.e. a one-sided test at level ``alpha/2`` (2.5
    the count; any failed call makes it inconclusive (it could hide a regression). No interval
    requirement: it is a statement about the observed items, not an estimate.
 4. fewer than ``min_n`` units (items, or clusters when clustered) -> inconclusive.
-5. the interval's half-width ``(ci_high - ci_low) / 2 > within`` -> inconclusive: the cohort is
-   too small to resolve its margin; ``n_needed = ceil(units * (halfwidth / within)^2)``
+5. ``ci_high < -within`` -> fail: an interval wholly below the margin is conclusive however
+   wide it is.
+   Otherwise, the interval's half-width ``(ci_high - ci_low) / 2 > within`` -> inconclusive: the
+   cohort is too small to resolve its margin; ``n_needed = ceil(units * (halfwidth / within)^2)``
    (``1/sqrt(n)`` scaling; in clusters when clustered). Never "the clone is worse".
 6. ``ci_low > -within`` -> pass, else fail. Strict, because the margin itself belongs to H0;
    it matters only for discrete metrics, whose bootstrap means sit exactly on the margin.
@@ -381,6 +383,12 @@ def parity_verdict(
             max(min_n, more if halfwidth > within + _EPS else 0),
         )
     level = f"{confidence * 100:g}%"
+    if ci_high < -within - _EPS:
+        # However wide, an interval wholly below the margin is conclusive: the clone is worse.
+        return verdict(
+            FAIL,
+            f"the clone is worse than the margin allows: the whole {level} interval lies below -{within:g} pts",
+        )
     if halfwidth > within + _EPS:
         return verdict(
             INCONCLUSIVE,

@@ -2,15 +2,19 @@
 
 Nothing here imports litellm or pyarrow: plain plugin loading stays cheap, and the plugin does
 nothing until a ``--bclone-*`` option, an ini key, a fixture, the marker or an assertion is used.
+
+With pytest-xdist, each worker replays what its tests need and ships its records to the
+controller (``workeroutput``), which alone merges them, decides and writes reports.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .config import OPTIONS, BcloneConfig, build_config, cli_options
+from .config import MODES, OPTIONS, BcloneConfig, build_config, cli_options
 from .errors import BcloneError, ConfigError
 
 if TYPE_CHECKING:
@@ -19,6 +23,9 @@ if TYPE_CHECKING:
 
 CONFIG_KEY = pytest.StashKey["BcloneConfig"]()
 SESSION_KEY = pytest.StashKey["BcloneSession"]()
+CURRENT_KEY = pytest.StashKey["list[pytest.Item | None]"]()
+SUMMARY_KEY = pytest.StashKey["dict[str, Any]"]()
+MARKER_KEYS = ("cohort", "metric", "mode")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,9 +40,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 metavar=opt.metavar or opt.name.upper(), help=opt.help + default,
             )
     for opt in OPTIONS:
-        kind = "bool" if opt.flag else ("linelist" if opt.multiple else "string")
-        parser.addini(opt.ini_name, help=f"{opt.help} ({opt.cli})" if opt in cli_options() else opt.help,
-                      type=kind, default=None)
+        help_ = f"{opt.help} ({opt.cli})" if opt in cli_options() else opt.help
+        if opt.flag:
+            parser.addini(opt.ini_name, help=help_, type="bool", default=None)
+        elif opt.multiple:
+            parser.addini(opt.ini_name, help=help_, type="linelist", default=None)
+        else:
+            parser.addini(opt.ini_name, help=help_, type="string", default=None)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -44,9 +55,14 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "bclone(cohort=NAME, metric=None): parametrise bclone_case over the trajectories of a cohort"
+        "markers", "bclone(cohort=NAME, metric=None, mode=None): the cohort a test gates (replayed up front) and "
+        "the cohort whose trajectories parametrise the bclone_case fixture"
     )
     cli = {o.name: config.getoption(f"bclone_{o.name}") for o in cli_options()}
     ini = {o.name: config.getini(o.ini_name) for o in OPTIONS}
@@ -55,19 +71,44 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[CONFIG_KEY] = cfg
-    if cfg.active:
-        from .session import BcloneSession
+    if not cfg.active:
+        return
+    from . import assertions
+    from .dataset.store import load_ref
+    from .session import BcloneSession
 
-        try:
-            session = BcloneSession(cfg, config)
-        except BcloneError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        config.stash[SESSION_KEY] = session
-        config.pluginmanager.register(session, "bclone-session")
+    root_source = "--bclone-dataset-root" if cli.get("dataset_root") else (
+        "ini bclone_dataset_root" if ini.get("dataset_root") else "the default bclone_dataset_root")
+    hook = config.hook
+    try:
+        # Loaded (every hash verified) at configure time: a bad reference or a tampered file stops
+        # the run with one clear line before any test runs.
+        dataset = load_ref(cfg.dataset or "", cfg.dataset_root, cfg.rootdir, root_source=root_source)
+        session = BcloneSession(
+            cfg, dataset,
+            make_agent_hook=lambda role, spec: hook.pytest_bclone_make_agent(role=role, spec=spec, config=config),
+            make_environment_hook=lambda t: hook.pytest_bclone_make_environment(trajectory=t),
+            register_evaluators=lambda registry: hook.pytest_bclone_register_evaluators(registry=registry),
+            progress=config.option.verbose >= 0 and not _is_worker(config),
+        )
+    except BcloneError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    current: list[pytest.Item | None] = [None]
+    config.stash[CURRENT_KEY] = current
+    assertions.activate(session, lambda: current[0])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        from . import assertions
+
+        assertions.deactivate(session)
 
 
 def bclone_session(config: pytest.Config) -> BcloneSession:
-    """The run's session, or a UsageError-style failure saying how to activate the plugin."""
+    """The run's session; raises BcloneError saying how to activate the plugin."""
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         raise BcloneError(
@@ -79,9 +120,89 @@ def bclone_session(config: pytest.Config) -> BcloneSession:
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION_KEY, None)
-    return session.header_lines() if session is not None else None
+    if session is None:
+        return None
+    d, cfg = session.dataset, session.cfg
+    c = d.manifest["counts"]
+    return [
+        f"bclone: dataset {d.ref} ({c['trajectories']} trajectories, splits {c['splits']}) sha256 {d.fingerprint}",
+        f"bclone: gating {cfg.clone or '(no clone set)'} against {cfg.expert} on the {cfg.split} split "
+        f"({len(session.eval_trajectories)} trajectories), mode {cfg.mode}, cache {cfg.cache_mode}",
+    ]
 
 
+# -- marker, parametrisation, declared cohorts --------------------------------------------------------
+def _marker_kwargs(node: Any) -> dict[str, Any] | None:
+    marker = node.get_closest_marker("bclone")
+    if marker is None:
+        return None
+    unknown = set(marker.kwargs) - set(MARKER_KEYS)
+    if marker.args or unknown:
+        raise BcloneError(
+            f"@pytest.mark.bclone on {node.nodeid}: unexpected {list(marker.args) or sorted(unknown)}; "
+            f"use keywords {', '.join(MARKER_KEYS)}, e.g. @pytest.mark.bclone(cohort='long_tail')"
+        )
+    if marker.kwargs.get("mode") not in (None, *MODES):
+        raise BcloneError(
+            f"@pytest.mark.bclone on {node.nodeid}: mode={marker.kwargs['mode']!r} is not one of {', '.join(MODES)}"
+        )
+    return dict(marker.kwargs)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bclone_case" not in metafunc.fixturenames:
+        return
+    try:
+        session = bclone_session(metafunc.config)
+        kwargs = _marker_kwargs(metafunc.definition) or {}
+        cohort = kwargs.get("cohort")
+        if cohort is None:
+            raise BcloneError(
+                f"{metafunc.definition.nodeid} uses bclone_case but names no cohort: add "
+                "@pytest.mark.bclone(cohort='long_tail')"
+            )
+        session.check_cohort(cohort, f"@pytest.mark.bclone on {metafunc.definition.nodeid}")
+    except BcloneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    from .cases import BcloneCase
+
+    cases = [BcloneCase(session, t.id, cohort, kwargs.get("mode")) for t in session.eval_trajectories
+             if cohort in t.cohorts]
+    metafunc.parametrize("bclone_case", cases, ids=[c.trajectory_id for c in cases])
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    bsession = config.stash.get(SESSION_KEY, None)
+    if bsession is None:
+        return
+    for item in items:
+        try:
+            kwargs = _marker_kwargs(item)
+        except BcloneError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if kwargs and kwargs.get("cohort") in bsession.cohorts:
+            mode = kwargs.get("mode") or bsession.cfg.mode
+            bsession.declared_cohorts.setdefault(mode, set()).add(kwargs["cohort"])
+    if _is_worker(config):
+        # Under xdist a worker replays only what its own tests ask for (lazily), so two workers
+        # do not both pay for every declared cohort.
+        for cohorts in bsession.declared_cohorts.values():
+            cohorts.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    current = item.config.stash.get(CURRENT_KEY, None)
+    if current is None:
+        return (yield)
+    current[0] = item
+    try:
+        return (yield)
+    finally:
+        current[0] = None
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def bclone_dataset(pytestconfig: pytest.Config) -> DatasetVersion:
     """The loaded, hash-verified dataset version named by ``--bclone-dataset``."""
@@ -95,3 +216,77 @@ def bclone_dataset(pytestconfig: pytest.Config) -> DatasetVersion:
 def bclone_config(pytestconfig: pytest.Config) -> BcloneConfig:
     """The resolved :class:`~pytest_bclone.config.BcloneConfig` of this run."""
     return pytestconfig.stash[CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def bclone(pytestconfig: pytest.Config) -> Any:
+    """The session's results: ``bclone.scores(cohort, metric)``, ``bclone.parity(...)``,
+    ``bclone.cohorts``, ``bclone.routes()`` (see :class:`pytest_bclone.cases.BcloneResults`)."""
+    from .cases import BcloneResults
+
+    try:
+        return BcloneResults(bclone_session(pytestconfig))
+    except BcloneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def bclone_case(request: pytest.FixtureRequest) -> Any:
+    """One trajectory of the cohort named by ``@pytest.mark.bclone(cohort=...)`` (one test each)."""
+    return request.param
+
+
+# -- controller: collect verdicts, merge workers, decide, report ----------------------------------------
+class _Controller:
+    """Registered on the controller only: gathers verdict records from test reports (they arrive
+    from xdist workers too) and the workers' replay records."""
+
+    def __init__(self, config: pytest.Config, session: BcloneSession) -> None:
+        self.config = config
+        self.session = session
+        self.from_reports: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Every phase's report carries the item's user_properties; the teardown report comes last
+        # and holds them all (a verdict recorded in a fixture's teardown included), so read only it.
+        if report.when != "teardown":
+            return
+        for name, value in report.user_properties:
+            if name == "bclone_record" and isinstance(value, dict):
+                self.from_reports.append(value)
+
+    @pytest.hookimpl(optionalhook=True)  # an xdist hook: absent under -p no:xdist
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("bclone")
+        if data:
+            self.session.merge(data)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from .reporting import finish
+
+        summary = finish(self.session, self.from_reports, session, self.config)
+        if summary is not None:
+            self.config.stash[SUMMARY_KEY] = summary
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    bsession = session.config.stash.get(SESSION_KEY, None)
+    if bsession is not None and not _is_worker(session.config):
+        session.config.pluginmanager.register(_Controller(session.config, bsession), "bclone-controller")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bsession = session.config.stash.get(SESSION_KEY, None)
+    if bsession is not None and _is_worker(session.config):
+        session.config.workeroutput["bclone"] = bsession.export()  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    summary = config.stash.get(SUMMARY_KEY, None)
+    if summary is None:
+        return
+    from .reporting import terminal
+
+    terminal(terminalreporter, summary, config.option.verbose)

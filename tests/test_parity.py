@@ -66,7 +66,7 @@ def test_clear_fail() -> None:
     v = parity_verdict("long_tail", "task_success", e, c, within=3)
     assert v.status == "fail"
     assert v.ci_high is not None and v.ci_high < -3
-    assert v.reason == "the clone is worse than the margin allows"
+    assert v.reason.startswith("the clone is worse than the margin allows")
 
 
 def test_fail_wording_follows_where_the_interval_sits() -> None:
@@ -91,12 +91,14 @@ def test_unresolvable_cohort_is_inconclusive_with_the_size_that_would_resolve_it
     assert f"about {v.n_needed} items would resolve it" in v.reason
 
 
-def test_unresolvable_and_clearly_worse_is_still_inconclusive_not_fail() -> None:
+def test_unresolvable_but_wholly_below_the_margin_is_a_fail() -> None:
+    # Too few items to resolve a 3-point margin, but the whole interval lies below it: that
+    # much is conclusive, so the verdict is fail, not inconclusive.
     e = [1.0] * 30
     c = [1.0] * 15 + [0.0] * 15
     v = parity_verdict("c", "m", e, c, within=3)
-    assert v.ci_high is not None and v.ci_high < -3
-    assert v.status == "inconclusive"
+    assert v.ci_high is not None and v.ci_high < -3 and v.halfwidth is not None and v.halfwidth > 3
+    assert v.status == "fail"
 
 
 def test_clustered_items_resample_trajectories_and_count_them() -> None:
@@ -428,3 +430,14 @@ def test_large_cohort_is_fast(clustered: bool) -> None:
     elapsed = time.perf_counter() - start
     assert v.n == 5000
     assert elapsed < 1.0, f"2000 resamples of n=5000 took {elapsed:.2f}s"
+
+
+def test_an_interval_wholly_below_the_margin_fails_even_when_wide():
+    from pytest_bclone.parity import parity_verdict
+
+    # 12 trajectories: far too few to resolve a 2-point margin, yet the clone fails half of them.
+    expert = [1.0] * 12
+    clone = [0.0, 1.0] * 6
+    v = parity_verdict("c", "task_completion", expert, clone, within=2, clusters=[str(i) for i in range(12)])
+    assert v.ci_high is not None and v.ci_high < -2
+    assert v.status == "fail" and "whole 95% interval lies below -2 pts" in v.reason

@@ -109,3 +109,13 @@ def test_plain_plugin_loading_imports_neither_litellm_nor_pyarrow():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert "HEAVY []" in res.stdout, res.stdout + res.stderr
+
+
+def test_readme_documents_every_option():
+    from pathlib import Path
+
+    from pytest_bclone.config import OPTIONS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [o.ini_name for o in OPTIONS if f"`{o.ini_name}`" not in readme]
+    assert not missing, f"README.md lacks options: {missing}"

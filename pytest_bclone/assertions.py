@@ -1,0 +1,124 @@
+"""``assert_parity`` and ``assert_no_regression``: the gate's assertions, usable in any test while
+the plugin is active.
+
+They turn a :class:`~pytest_bclone.parity.Verdict` into a test outcome following the brief's
+release table: ``on_fail="block"`` fails the test, ``"route"`` routes the cohort to the expert and
+reports the test as xfail, ``"warn"`` only reports. The failure message is built explicitly:
+cohort, metric, n, expert, clone, difference, interval, margin and the three worst divergences.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from .config import MODES, ON_FAIL
+from .errors import BcloneError, BcloneWarning, GateError
+
+if TYPE_CHECKING:
+    from .parity import Verdict
+    from .session import BcloneSession
+
+_ACTIVE: list[Any] = []  # stack of (session, current-item getter); nested pytester runs push/pop
+
+
+def activate(session: BcloneSession, current_item: Any) -> None:
+    """Called by the plugin at configure time."""
+    _ACTIVE.append((session, current_item))
+
+
+def deactivate(session: BcloneSession) -> None:
+    """Called by the plugin at unconfigure time."""
+    for i in range(len(_ACTIVE) - 1, -1, -1):
+        if _ACTIVE[i][0] is session:
+            del _ACTIVE[i]
+            break
+
+
+def _active() -> tuple[BcloneSession, Any]:
+    if not _ACTIVE:
+        raise GateError(
+            "assert_parity needs an active pytest-bclone run: pass --bclone-dataset=v8 (or set bclone_dataset "
+            "in your ini file), and make sure the plugin is not disabled with -p no:bclone"
+        )
+    return _ACTIVE[-1]  # type: ignore[no-any-return]
+
+
+def assert_parity(
+    cohort: str,
+    within: float,
+    metric: str | None = None,
+    *,
+    confidence: float | None = None,
+    on_fail: str = "block",
+    mode: str | None = None,
+    allow_inconclusive: bool = False,
+) -> Verdict:
+    """Assert the clone is no worse than the expert on ``cohort`` by more than ``within`` points.
+
+    Parity is paired (the same items, clone minus expert) and decided on the confidence interval
+    of the difference, not the point estimate: it holds when the interval's lower bound is at
+    least ``-within``. ``within=0`` on a binary metric means zero regression. A cohort too small to
+    resolve its margin, or with too many failed model calls, is inconclusive, which fails unless
+    ``allow_inconclusive``. ``metric`` defaults to the cohort's entry in ini
+    ``bclone_cohort_metrics``; ``confidence`` to ``--bclone-confidence``; ``mode`` (``step`` or
+    ``rollout``) to ``--bclone-mode``. Returns the verdict (also when it passes).
+    """
+    __tracebackhide__ = True
+    import pytest
+
+    try:
+        session, current_item = _active()
+        if on_fail not in ON_FAIL:
+            raise GateError(f"on_fail={on_fail!r} is not one of {', '.join(ON_FAIL)}; use 'block' (fail the test), "
+                            "'route' (send the cohort to the expert, xfail) or 'warn' (report only)")
+        if mode is not None and mode not in MODES:
+            raise GateError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+        if not isinstance(within, (int, float)) or within < 0:
+            raise GateError(f"within={within!r} must be a number of points >= 0 (e.g. within=3 for 3 points)")
+        session.check_cohort(cohort, f"assert_parity(cohort={cohort!r})")
+        metric = metric or session.default_metric(cohort)
+        mode = mode or session.cfg.mode
+        verdict = session.parity(cohort, float(within), metric, mode, confidence)
+        worst = session.worst_divergences(cohort, metric, mode) if not verdict.passed else []
+    except BcloneError as exc:
+        pytest.fail(f"bclone: {exc}", pytrace=False)
+    item = current_item()
+    rec = session.record(verdict, mode=mode, on_fail=on_fail, test=item.nodeid if item is not None else "",
+                         worst=worst, allow_inconclusive=allow_inconclusive)
+    if item is not None:
+        from .report.junit import junit_properties
+
+        item.user_properties.extend(junit_properties(rec.to_dict()))
+        item.user_properties.append(("bclone_record", rec.to_dict()))
+    if verdict.passed:
+        return verdict
+    message = failure_message(verdict, worst, on_fail)
+    if rec.outcome == "failed":
+        pytest.fail(message, pytrace=False)
+    if rec.outcome == "xfailed":
+        pytest.xfail(f"routed to the expert: {message}")
+    warnings.warn(BcloneWarning(message), stacklevel=2)
+    return verdict
+
+
+def assert_no_regression(cohort: str, metric: str | None = None, **kwargs: Any) -> Verdict:
+    """Zero regression: no item where the expert succeeds and the clone fails (``within=0`` on a
+    binary metric such as ``safety_refusal``). Same keywords as :func:`assert_parity`."""
+    __tracebackhide__ = True
+    return assert_parity(cohort, 0, metric, **kwargs)
+
+
+def failure_message(verdict: Verdict, worst: list[dict[str, Any]], on_fail: str) -> str:
+    """The explicit failure message: the verdict lines, then the worst divergences."""
+    from .parity import format_verdict
+
+    lines = format_verdict(verdict)
+    if worst:
+        lines.append("worst divergences (trajectory, step: expert -> clone):")
+        for w in worst:
+            lines.append(f"  {w['trajectory_id']} step {w['step']}: {w['expert_action']} -> {w['clone_action']}"
+                         + (f"  [{w['reason']}]" if w.get("reason") else ""))
+    if on_fail == "route":
+        lines.append("action: this cohort's traffic stays on the expert (hybrid route)")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The controller's end of a run: gather verdicts, decide, write every requested artifact, print.
+
+Called from plugin.py's controller hooks only (never on an xdist worker). Nothing here raises
+into pytest: a report that cannot be written is printed as an error and fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import BcloneError
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .session import BcloneSession
+
+
+def finish(bsession: BcloneSession, records: Sequence[dict[str, Any]], session: pytest.Session,
+           config: pytest.Config) -> dict[str, Any] | None:
+    """Build the summary from the verdict ``records`` every test report carried (local or from
+    xdist workers), write the artifacts, and set the exit status when the gate blocks.
+
+    Returns None (no section, no files) when nothing was gated or replayed: a run that only
+    named a dataset gets no report it did not ask for."""
+    from .session import RecordedVerdict
+
+    if not records and not bsession.items:
+        return None
+
+    # The reports are the one channel that sees every verdict, with or without xdist.
+    # Sorted by test id: with xdist, reports arrive in whatever order the workers finish.
+    bsession.verdicts = sorted((RecordedVerdict.from_dict(r) for r in records),
+                               key=lambda v: (v.test, v.verdict["cohort"], v.verdict["metric"]))
+    summary = bsession.summary()
+    cfg = bsession.cfg
+    problems: list[str] = []
+
+    def attempt(what: str, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except (BcloneError, OSError, ValueError) as exc:
+            problems.append(f"bclone: could not write {what}: {exc}")
+
+    if cfg.baseline:
+        from .report.drift import compare_baseline, load_baseline
+
+        try:
+            summary["drift"] = compare_baseline(summary, load_baseline(cfg.baseline), cfg.drift_margin)
+            summary["drift"]["baseline"] = cfg.baseline
+        except (BcloneError, OSError, ValueError) as exc:
+            problems.append(f"bclone: could not compare with baseline {cfg.baseline!r}: {exc}")
+    root = str(config.rootpath)
+
+    def path(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(root, p)
+
+    from . import report
+
+    if cfg.report_json:
+        attempt(f"JSON report {cfg.report_json}", report.write_json, summary, path(cfg.report_json))
+    if cfg.save_baseline:
+        attempt(f"baseline {cfg.save_baseline}", report.save_baseline, summary, path(cfg.save_baseline))
+    if cfg.report_md:
+        attempt(f"Markdown report {cfg.report_md}", report.write_markdown, summary, path(cfg.report_md))
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        attempt("$GITHUB_STEP_SUMMARY", report.append_github_step_summary, summary, os.environ)
+    if cfg.report_html:
+        attempt(f"HTML report {cfg.report_html}", report.write_html, summary, path(cfg.report_html))
+    if cfg.routes:
+        attempt(f"routes {cfg.routes}", report.write_routes, summary, path(cfg.routes),
+                summary["run"]["clone"], bsession.expert_model())
+    if cfg.divergences:
+        attempt(f"divergences {cfg.divergences}", report.write_divergences, bsession.divergence_records(),
+                path(cfg.divergences))
+    summary["_problems"] = problems
+    # A session-level failure (a Holm correction that overturns a pass, a report that could not be
+    # written) sets the exit status explicitly; the terminal prints the gate line that says why.
+    if (summary["gate"]["decision"] == "BLOCKED" or problems) and session.exitstatus == 0:
+        session.exitstatus = 1
+    return summary
+
+
+def terminal(terminalreporter: Any, summary: dict[str, Any], verbosity: int) -> None:
+    """Print the bclone section; the last line is the ``BCLONE GATE:`` decision and next steps."""
+    from .report import terminal_lines
+
+    tr = terminalreporter
+    tr.write_sep("=", "bclone release gate")
+    problems = summary.pop("_problems", [])
+    for line in terminal_lines(summary, verbosity):
+        markup = {}
+        if line.startswith("BCLONE GATE:"):
+            decision = summary["gate"]["decision"]
+            markup = {"green": True, "bold": True} if decision == "SHIP" else (
+                {"yellow": True, "bold": True} if decision.startswith("SHIP") else {"red": True, "bold": True})
+        tr.write_line(line, **markup)
+    for line in problems:
+        tr.write_line(line, red=True)

@@ -1,0 +1,302 @@
+"""The gate as users drive it: pytester projects with a real Parquet dataset and a Python clone.
+
+Pass, fail, xfail (route), inconclusive, zero regression, failed model calls, the messages, the
+bclone_case parametrisation, lazy single replay, and equality of results under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_bclone.dataset.store import DatasetStore
+
+from .conftest import make_row
+
+CONFTEST = '''
+from pytest_bclone.agents.recorded import RecordedAgent
+from pytest_bclone.records import Action, AgentReply, CallStats
+
+CALLS = []
+
+
+class FlakyClone:
+    """Copies the expert, except: in cohort 'bad' it answers text at step 0 of 3 trajectories
+    in 10; in cohort 'broken' its model call fails on every 4th trajectory."""
+
+    name = "flaky-clone"
+
+    def __init__(self, trajectories):
+        self.recorded = RecordedAgent(trajectories)
+
+    async def act(self, state, *, repeat=0):
+        CALLS.append(state.trajectory_id)
+        with open("calls.log", "a") as f:
+            f.write(state.trajectory_id + "\\n")
+        kind, n = state.trajectory_id.split("-")
+        n = int(n)
+        if kind == "bad" and n % 10 < 3 and state.step == 0:
+            return AgentReply(Action(text="I cannot help with that."), CallStats(prompt_tokens=50, completion_tokens=8))
+        if kind == "broken" and n % 4 == 0:
+            return AgentReply(None, CallStats(error="HTTP 500 from the clone server after 4 retries"))
+        reply = await self.recorded.act(state, repeat=repeat)
+        return AgentReply(reply.action, CallStats(prompt_tokens=50, completion_tokens=8))
+
+
+def pytest_bclone_make_agent(role, spec, config):
+    if spec == "flaky":
+        from pytest_bclone.plugin import bclone_session
+        return FlakyClone(bclone_session(config).dataset.trajectories)
+'''
+
+INI = """
+[pytest]
+bclone_dataset = support@v1
+bclone_clone = flaky
+bclone_bootstrap = 1000
+bclone_cohort_metrics =
+    good=action_match
+    bad=action_match
+bclone_price =
+    flaky-clone=1/5
+    big-expert=15/75
+"""
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for kind, n in (("good", 300), ("bad", 300), ("tiny", 5), ("broken", 60)):
+        for i in range(n):
+            row = make_row(i, cohorts=(kind,), split="eval")
+            row["id"] = f"{kind}-{i:04d}"
+            row["metadata"] = {"expert_model": "big-expert", "expert_usage": {"prompt_tokens": 400,
+                                                                              "completion_tokens": 60}}
+            rows.append(row)
+    rows += [{**make_row(i, split="train"), "id": f"train-{i:04d}"} for i in range(20)]
+    return rows
+
+
+@pytest.fixture
+def gate(pytester: pytest.Pytester) -> pytest.Pytester:
+    DatasetStore(str(pytester.path / "bclone_datasets")).write_version("support", "v1", _rows())
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini(INI)
+    return pytester
+
+
+def test_pass_fail_and_the_failure_message(gate: pytest.Pytester):
+    gate.makepyfile(test_cohorts="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            v = assert_parity(cohort="good", within=1)
+            assert v.status == "pass" and v.n == 600
+
+        def test_bad():
+            assert_parity(cohort="bad", within=3)
+    """)
+    result = gate.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    # The explicit message: cohort, metric, n, expert, clone, difference, interval, margin.
+    result.stdout.re_match_lines([
+        r".*bad / action_match: n=600 \(300 trajectories\) expert=1\.000 clone=0\.850 diff=-15\.0 pts "
+        r"95% CI \[-\d+\.\d, -\d+\.\d\] margin -3\.0 -> FAIL.*",
+    ])
+    assert "worst divergences (trajectory, step: expert -> clone):" in out
+    assert "bad-0000 step 0: get_order(order_id='W0'); get_order(order_id='W0b') -> 'I cannot help with that.'" in out
+    assert "Traceback" not in out and "assert_parity(" not in out.split("short test summary")[0].split("FAILED")[0][-2:]
+    result.stdout.re_match_lines([r"BCLONE GATE: BLOCKED \(bad: action_match fail\)"])
+    assert "bad: retrain the clone with more rows of this cohort" in out
+    assert result.ret == 1
+
+
+def test_route_reports_xfail_and_a_hybrid_route_with_saving(gate: pytest.Pytester):
+    gate.makepyfile(test_cohorts="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        pytestmark = pytest.mark.bclone(cohort="good")
+
+        def test_good():
+            assert_parity(cohort="good", within=1)
+
+        @pytest.mark.bclone(cohort="bad")
+        def test_bad():
+            assert_parity(cohort="bad", within=3, on_fail="route")
+    """)
+    result = gate.runpytest("-rx", "--bclone-report-json=report.json", "--bclone-routes=routes.json")
+    result.assert_outcomes(passed=1, xfailed=1)
+    assert result.ret == 0
+    result.stdout.re_match_lines([r".*XFAIL.*routed to the expert: bad / action_match: n=600.*"])
+    report = json.loads((gate.path / "report.json").read_text())
+    gate_ = report["gate"]
+    assert gate_["decision"] == "SHIP WITH HYBRID ROUTE"
+    assert gate_["routes"] == {"good": "clone", "bad": "expert"}
+    # Expert: 400 in + 60 out tokens at 15/75 per M = 0.0105 per trajectory; clone: 2 calls of
+    # 50 + 8 tokens at 1/5 per M = 0.00018. Half the traffic moves: saving = 0.5 * (1 - 0.00018/0.0105).
+    assert gate_["traffic_on_clone_pct"] == 50.0
+    assert gate_["estimated_saving_pct"] == pytest.approx(49.1, abs=0.1)
+    assert gate_["line"] == ("BCLONE GATE: SHIP WITH HYBRID ROUTE (clone: good; expert: bad; est. saving 49%)")
+    routes = json.loads((gate.path / "routes.json").read_text())
+    # The recorded expert is served in production by the model its dataset names.
+    assert routes["routes"]["bad"] == "big-expert" and routes["routes"]["good"] == "flaky-clone"
+    # Both cohorts were declared by markers: one replay served both tests (600 + 600 clone calls).
+    calls = (gate.path / "calls.log").read_text().split()
+    assert len(calls) == 1200 and len(set(calls)) == 600
+
+
+def test_inconclusive_fails_unless_allowed(gate: pytest.Pytester):
+    gate.makepyfile(test_tiny="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        def test_tiny():
+            assert_parity(cohort="tiny", within=3, metric="action_match")
+
+        def test_tiny_allowed():
+            with pytest.warns(Warning, match="INCONCLUSIVE"):
+                v = assert_parity(cohort="tiny", within=3, metric="action_match", allow_inconclusive=True)
+            assert v.status == "inconclusive"
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines([r".*tiny / action_match: n=10 \(5 trajectories\).*INCONCLUSIVE.*"])
+
+
+def test_zero_regression_counts_regressions(gate: pytest.Pytester):
+    gate.makepyfile(test_safety="""
+        from pytest_bclone import assert_no_regression
+
+        def test_good():
+            assert_no_regression(cohort="good", metric="action_match")
+
+        def test_bad():
+            assert_no_regression(cohort="bad", metric="action_match")
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "bad / action_match" in out and "90 regression" in out
+    result.stdout.re_match_lines([r"BCLONE GATE: BLOCKED \(bad: zero regression violated, 90 regressions\)"])
+
+
+def test_failed_model_calls_are_counted_and_never_pass(gate: pytest.Pytester):
+    gate.makepyfile(test_broken="""
+        from pytest_bclone import assert_parity
+
+        def test_broken():
+            assert_parity(cohort="broken", within=50, metric="action_match")
+    """)
+    result = gate.runpytest("--bclone-report-json=r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([r".*broken / action_match: n=90 .*INCONCLUSIVE: 30 of 120 items lost to failed model calls.*"])
+    report = json.loads((gate.path / "r.json").read_text())
+    assert report["errors"]["by_role"]["clone"] == 30  # 15 trajectories x 2 steps
+    assert "HTTP 500" in report["errors"]["examples"][0]["error"]
+    assert report["agents"]["clone"]["failed"] == 30
+    # Even a tolerant error rate cannot turn lost items into a pass when they could be regressions.
+    gate.makepyfile(test_broken="""
+        from pytest_bclone import assert_parity
+
+        def test_broken():
+            v = assert_parity(cohort="broken", within=3, metric="action_match")
+    """)
+    result = gate.runpytest("--bclone-max-error-rate=0.5")
+    result.assert_outcomes(failed=1)
+
+
+def test_bclone_case_parametrises_one_test_per_trajectory(gate: pytest.Pytester):
+    gate.makepyfile(test_cases="""
+        import pytest
+
+        @pytest.mark.bclone(cohort="tiny")
+        def test_case(bclone_case):
+            assert bclone_case.trajectory.id.startswith("tiny-")
+            assert bclone_case.clone_score("action_match") == bclone_case.expert_score("action_match") == 1.0
+            assert bclone_case.clone_score("trajectory_score") == 1.0
+            assert [s["step"] for s in bclone_case.steps()] == [0, 1]
+
+        def test_results(bclone):
+            assert "good" in bclone.cohorts
+            scores = bclone.scores("bad", "action_match")
+            assert len(scores) == 600 and sum(c for _, _, c in scores) == 510
+    """)
+    result = gate.runpytest("-v")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*test_case[[]tiny-0000[]] PASSED*", "*test_case[[]tiny-0004[]] PASSED*"])
+
+
+def test_marker_and_cohort_errors_are_clear(gate: pytest.Pytester):
+    gate.makepyfile(test_err="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        def test_unknown_cohort():
+            assert_parity(cohort="lon_tail", within=3, metric="action_match")
+
+        def test_unknown_metric():
+            assert_parity(cohort="good", within=3, metric="politeness")
+
+        def test_no_default_metric():
+            assert_parity(cohort="tiny", within=3)
+    """, test_marker="""
+        import pytest
+
+        @pytest.mark.bclone(cohort="nope")
+        def test_case(bclone_case):
+            pass
+    """)
+    result = gate.runpytest("test_err.py")
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert "cohort 'lon_tail' (from assert_parity(cohort='lon_tail')) has no trajectories" in out
+    assert "known cohorts: bad, broken, good, tiny" in out
+    assert "politeness" in out and "register" in out
+    assert "no metric for cohort 'tiny': pass metric=... to the assertion, or add a line 'tiny=task_completion'" in out
+    result = gate.runpytest("test_marker.py")
+    assert result.ret == 2  # a collection error
+    assert "cohort 'nope' (from @pytest.mark.bclone on test_marker.py::test_case) has no trajectories" in (
+        result.stdout.str())
+
+
+def test_xdist_gives_the_same_verdicts_and_aggregates(gate: pytest.Pytester):
+    pytest.importorskip("xdist")
+    gate.makepyfile(test_a="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            assert_parity(cohort="good", within=1)
+
+        def test_bad():
+            assert_parity(cohort="bad", within=3, on_fail="route")
+    """, test_b="""
+        from pytest_bclone import assert_parity, assert_no_regression
+
+        def test_tiny():
+            assert_parity(cohort="tiny", within=3, metric="trajectory_score", allow_inconclusive=True)
+
+        def test_bad_zero():
+            assert_no_regression(cohort="bad", metric="action_match", on_fail="warn")
+    """)
+    plain = gate.runpytest_subprocess("--bclone-report-json=plain.json", "-p", "no:xdist")
+    plain.assert_outcomes(passed=3, xfailed=1)
+    dist = gate.runpytest_subprocess("-n", "2", "--bclone-report-json=dist.json")
+    dist.assert_outcomes(passed=3, xfailed=1)
+    a = json.loads((gate.path / "plain.json").read_text())
+    b = json.loads((gate.path / "dist.json").read_text())
+
+    def comparable(report: dict) -> dict:
+        report = {k: v for k, v in report.items() if k not in ("created",)}
+        report["run"] = {k: v for k, v in report["run"].items() if k != "wall_s"}
+        report["verdicts"] = sorted(({k: v for k, v in r.items()} for r in report["verdicts"]),
+                                    key=lambda r: r["test"])
+        for role in report["agents"].values():
+            role.pop("latency_p50_s"), role.pop("latency_p95_s")
+        return report
+
+    assert comparable(a) == comparable(b)
+    assert a["gate"]["decision"] == "SHIP WITH HYBRID ROUTE"
+    assert [line for line in dist.stdout.lines if line.startswith("BCLONE GATE:")] == [
+        line for line in plain.stdout.lines if line.startswith("BCLONE GATE:")]
