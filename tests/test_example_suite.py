@@ -1,0 +1,56 @@
+"""The main job: `pytest example_suite --bclone-dataset=v8` ends with a BCLONE GATE decision that
+emerges from the real expert, the trained clone and the real evaluators, and is the same under
+pytest-xdist. Runs the suite the way a newcomer does: a subprocess in the repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    report = tmp_path / f"report{len(list(tmp_path.iterdir()))}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "example_suite", "--bclone-dataset=v8", "-p", "no:cacheprovider",
+         f"--bclone-report-json={report}", f"--bclone-cache-dir={tmp_path / 'cache'}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    return proc, json.loads(report.read_text())
+
+
+def _gate_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.startswith("BCLONE GATE:")]
+    assert len(lines) == 1, out[-3000:]
+    return lines[0]
+
+
+def test_example_gate_decides_and_xdist_agrees(tmp_path: Path):
+    pytest.importorskip("xdist")
+    plain, report = _run(tmp_path)
+    line = _gate_line(plain.stdout)
+    assert line == report["gate"]["line"]
+    # The v7 clone gated on v8: the retired refund tool shows up as dead-tool calls.
+    dead = {row["tool"]: row["count"] for row in report["dead_tools"]}
+    assert dead.get("issue_refund_legacy", 0) > 0
+    assert "issue_refund_legacy" in plain.stdout
+    # Every cohort of the release table was gated, with the table's metric.
+    gated = {(v["cohort"], v["metric"]) for v in report["verdicts"]}
+    assert {("common_intents", "task_completion"), ("long_tail", "trajectory_score"),
+            ("safety", "safety_refusal"), ("tool_heavy", "tool_selection"),
+            ("multi_turn_refunds", "task_completion"), ("multi_turn_refunds", "step_count")} <= gated
+    # The exit status follows the decision.
+    assert (plain.returncode == 0) == (report["gate"]["decision"] != "BLOCKED")
+
+    dist, dist_report = _run(tmp_path, "-n", "2")
+    assert _gate_line(dist.stdout) == line
+    key = lambda v: (v["cohort"], v["metric"], v["mode"])  # noqa: E731
+    strip = lambda v: {k: v[k] for k in v if k != "test"}  # noqa: E731
+    assert sorted(map(strip, report["verdicts"]), key=key) == sorted(map(strip, dist_report["verdicts"]), key=key)
+    assert dist_report["scores"] == report["scores"]
+    assert dist_report["dead_tools"] == report["dead_tools"]
