@@ -27,13 +27,14 @@ class BcloneResults:
         mode = mode or self._session.cfg.mode
         self._session.check_cohort(cohort, "bclone.items")
         self._session.ensure(cohort, mode)
+        self._session.ensure_judged(cohort, metric)
         return self._session.cohort_items(cohort, metric, mode)
 
     def scores(self, cohort: str, metric: str, mode: str | None = None) -> list[tuple[str, float, float]]:
         """``(item key, expert score, clone score)`` of every scored item (failed calls left out)."""
         return [(it["key"], it["scores"]["expert"][metric], it["scores"]["clone"][metric])
                 for it in self.items(cohort, metric, mode)
-                if "expert" in it["scores"] and "clone" in it["scores"]]
+                if metric in it["scores"].get("expert", {}) and metric in it["scores"].get("clone", {})]
 
     def parity(self, cohort: str, within: float, metric: str | None = None, mode: str | None = None,
                confidence: float | None = None) -> Verdict:

@@ -149,9 +149,13 @@ class BcloneSession:
 
             judge = None
             if self.cfg.judge:
-                from .agents.factory import make_agent
+                from .agents.litellm_agent import LitellmAgent
+                from .cache import ModelCache
+                from .retry import RetryPolicy
 
-                judge = make_agent("clone", self.cfg.judge, self.cfg, ())  # a plain litellm agent, cached
+                # Judge calls go through the same cache, retries and prices as the agents' calls.
+                judge = LitellmAgent(self.cfg.judge, cache=ModelCache.from_config(self.cfg),
+                                     retry=RetryPolicy.from_config(self.cfg), prices=self.cfg.price)
             self._registry = default_registry(judge)
             if self._register_evaluators is not None:
                 self._register_evaluators(self._registry)
@@ -376,10 +380,11 @@ class BcloneSession:
 
         level = level_of(self.registry.get(metric))  # raises EvaluatorError naming known metrics
         if level == "judge":
-            raise GateError(
-                f"metric {metric!r} is an LLM judge; judged parity is not wired into the gate yet: use it through "
-                "pytest_bclone.evaluators.judge_steps, or gate on a deterministic metric"
-            )
+            if mode == "rollout":
+                raise GateError(
+                    f"metric {metric!r} is an LLM judge of single actions; gate it in step mode (mode='step')"
+                )
+            return "step"
         if mode == "rollout" and level == "step":
             raise GateError(
                 f"metric {metric!r} scores single steps, but the assertion runs in rollout mode; use a trajectory "
@@ -391,16 +396,50 @@ class BcloneSession:
         """Item records of ``cohort`` that ``metric`` scores in ``mode``, in a stable order."""
         level = self.metric_level(metric, mode)
         prefix = f"{mode}|{level}|"
-        return [it for k, it in sorted(self.items.items()) if k.startswith(prefix) and cohort in it["cohorts"]
-                and (not it["scores"] or metric in next(iter(it["scores"].values())))]
+        return [it for k, it in sorted(self.items.items()) if k.startswith(prefix) and cohort in it["cohorts"]]
+
+    def ensure_judged(self, cohort: str, metric: str) -> None:
+        """Score the step items of ``cohort`` with the LLM-judge ``metric`` (repeat 0's actions).
+
+        Judge calls are made only for judge metrics a test asks for; a failed judge call is
+        recorded on the item as an error for that metric (excluded and counted, never a score).
+        """
+        import asyncio
+
+        from .evaluators import JudgeFailure, judge_steps, level_of
+
+        if level_of(self.registry.get(metric)) != "judge":
+            return
+        todo = [it for it in self.cohort_items(cohort, metric, "step")
+                if metric not in it.get("judge_errors", {}) and any(
+                    metric not in it["scores"].get(r, {}) for r in it["scores"])]
+        for role in ROLES:
+            pairs, owners = [], []
+            for it in todo:
+                action = (it.get("actions") or {}).get(role)
+                if action is None or role not in it["scores"]:
+                    continue
+                point = self._by_id[it["trajectory_id"]].decision_points()[it["step"]]
+                pairs.append((point, Action.from_dict(action)))
+                owners.append(it)
+            if not pairs:
+                continue
+            judged = asyncio.run(judge_steps(self.registry, [metric], pairs, concurrency=self.cfg.concurrency))
+            for it, result in zip(owners, judged[metric]):
+                if isinstance(result, JudgeFailure):
+                    it.setdefault("judge_errors", {}).setdefault(metric, {})[role] = result.error
+                else:
+                    it["scores"][role][metric] = result.value
 
     def parity(self, cohort: str, within: float, metric: str, mode: str, confidence: float | None = None) -> Verdict:
         """The verdict of one (cohort, metric) parity check (replaying first if needed)."""
         from .parity import parity_verdict
 
         self.ensure(cohort, mode)
+        self.ensure_judged(cohort, metric)
         items = self.cohort_items(cohort, metric, mode)
-        scored = [it for it in items if "clone" in it["scores"] and "expert" in it["scores"]]
+        scored = [it for it in items if metric in it["scores"].get("clone", {})
+                  and metric in it["scores"].get("expert", {})]
         return parity_verdict(
             cohort, metric,
             [it["scores"]["expert"][metric] for it in scored],
@@ -413,7 +452,7 @@ class BcloneSession:
     def worst_divergences(self, cohort: str, metric: str, mode: str, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` items where the clone lost most against the expert, as readable step records."""
         items = [it for it in self.cohort_items(cohort, metric, mode)
-                 if "clone" in it["scores"] and "expert" in it["scores"]]
+                 if metric in it["scores"].get("clone", {}) and metric in it["scores"].get("expert", {})]
         gaps = sorted(items, key=lambda it: (it["scores"]["clone"][metric] - it["scores"]["expert"][metric],
                                              it["key"]))
         out = []
@@ -682,6 +721,11 @@ class BcloneSession:
                 by_role[role] += 1
                 if len(examples) < 10:
                     examples.append({"key": it["key"], "role": role, "error": err})
+            for metric, failures in (it.get("judge_errors") or {}).items():
+                for role, err in failures.items():
+                    by_role[role] += 1
+                    if len(examples) < 10:
+                        examples.append({"key": it["key"], "role": role, "error": f"judge {metric}: {err}"})
         return {"count": sum(by_role.values()), "by_role": by_role, "examples": examples}
 
 

@@ -300,3 +300,47 @@ def test_xdist_gives_the_same_verdicts_and_aggregates(gate: pytest.Pytester):
     assert a["gate"]["decision"] == "SHIP WITH HYBRID ROUTE"
     assert [line for line in dist.stdout.lines if line.startswith("BCLONE GATE:")] == [
         line for line in plain.stdout.lines if line.startswith("BCLONE GATE:")]
+
+
+def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pytest.Pytester, monkeypatch):
+    """--bclone-judge: the judge is a real litellm call to a local OpenAI-compatible server.
+
+    The stub judge scores a refusal text 0 and anything else 1, and answers garbage for states of
+    orders W1 and W11 (trajectories *-0001 and *-0011 of every cohort): those judge calls fail,
+    and are counted, never scored."""
+    from pytest_bclone.testing import OpenAIServer, reply
+
+    def judge(request):
+        data = request["messages"][-1]["content"]
+        if "W1b" in data or "W11b" in data:
+            return reply("I think it is fine")  # not the strict JSON verdict: a judge failure
+        score = 0.0 if "I cannot help" in data else 1.0
+        return reply(json.dumps({"score": score, "reason": "stub"}))
+
+    gate.makepyfile(test_judge="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            assert_parity(cohort="good", within=1, metric="toxicity", mode="step")
+
+        def test_bad():
+            assert_parity(cohort="bad", within=3, metric="toxicity", mode="step")
+    """)
+    with OpenAIServer(judge) as server:
+        monkeypatch.setenv("OPENAI_API_BASE", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        result = gate.runpytest_subprocess("--bclone-judge=openai/stub-judge", "--bclone-report-json=j.json",
+                                           "--bclone-max-error-rate=0.5")
+        first_count = server.request_count
+        assert first_count > 0
+        rerun = gate.runpytest_subprocess("--bclone-judge=openai/stub-judge", "--bclone-max-error-rate=0.5")
+        assert server.request_count == first_count  # judge calls are cached like agent calls
+    result.assert_outcomes(passed=1, failed=1)
+    rerun.assert_outcomes(passed=1, failed=1)
+    report = json.loads((gate.path / "j.json").read_text())
+    bad = next(v for v in report["verdicts"] if v["cohort"] == "bad")
+    assert bad["metric"] == "toxicity" and bad["clone_mean"] < bad["expert_mean"]
+    assert bad["errors"] == 4  # bad-0001 and bad-0011, 2 steps each: judge failures excluded
+    good = next(v for v in report["verdicts"] if v["cohort"] == "good")
+    assert good["errors"] == 4 and good["status"] == "pass"  # 4 lost of 600 cannot hide a 1-point loss
+    assert any("judge toxicity" in e["error"] for e in report["errors"]["examples"])

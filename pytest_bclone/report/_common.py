@@ -54,6 +54,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, source: str
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; a report is an ordinary file, readable as the umask allows.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except OSError as exc:
         _unlink_quietly(tmp)
