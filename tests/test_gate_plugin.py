@@ -344,3 +344,29 @@ def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pyte
     good = next(v for v in report["verdicts"] if v["cohort"] == "good")
     assert good["errors"] == 4 and good["status"] == "pass"  # 4 lost of 600 cannot hide a 1-point loss
     assert any("judge toxicity" in e["error"] for e in report["errors"]["examples"])
+
+
+def test_holm_correction_is_applied_across_the_runs_verdicts(gate: pytest.Pytester):
+    gate.makepyfile(test_holm="""
+        from pytest_bclone import assert_no_regression, assert_parity
+
+        def test_good():
+            assert_parity(cohort="good", within=1)
+
+        def test_bad():
+            assert_parity(cohort="bad", within=20, on_fail="route")
+
+        def test_zero():
+            assert_no_regression(cohort="good", metric="action_match")
+    """)
+    result = gate.runpytest("--bclone-holm", "--bclone-report-json=h.json")
+    result.assert_outcomes(passed=3)
+    report = json.loads((gate.path / "h.json").read_text())
+    by_test = {v["test"].split("::")[1]: v for v in report["verdicts"]}
+    # The two interval tests form the family; the exact zero-regression check is not a test.
+    assert by_test["test_good"]["holm_adjusted"] and by_test["test_bad"]["holm_adjusted"]
+    assert not by_test["test_zero"]["holm_adjusted"]
+    for name in ("test_good", "test_bad"):
+        v = by_test[name]
+        assert v["p_adjusted"] >= v["p_value"] and v["status"] == "pass"
+    assert report["run"]["holm"] is True
