@@ -185,7 +185,10 @@ class Trajectory:
 
     def decision_points(self) -> list[DecisionPoint]:
         """Every decision point of this trajectory, in order."""
-        return [DecisionPoint(self, step, idx) for step, idx in enumerate(self.assistant_indexes())]
+        # tuple.__new__ directly: NamedTuple's generated __new__ adds a Python-level call per point,
+        # and a large dataset derives a million of them.
+        make = tuple.__new__
+        return [make(DecisionPoint, (self, step, idx)) for step, idx in enumerate(self.assistant_indexes())]
 
 
 def tool_name(tool: Mapping[str, Any]) -> str:
