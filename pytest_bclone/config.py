@@ -10,6 +10,7 @@ naming the value, where it came from and what would be accepted (the plugin turn
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ def _float(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False
         value = float(text)
         bad_lo = value <= lo if open_lo else value < lo
         bad_hi = value >= hi if open_hi else value > hi
-        if bad_lo or bad_hi or value != value:
+        if bad_lo or bad_hi or math.isnan(value):
             lo_s = f"{'>' if open_lo else '>='} {lo}"
             hi_s = f"{'<' if open_hi else '<='} {hi}"
             raise ValueError(f"must be a number {lo_s} and {hi_s}")
@@ -62,7 +63,8 @@ def _str(text: str) -> str:
 def _json_object(text: str) -> dict[str, Any]:
     value = json.loads(text) if text.strip() else {}
     if not isinstance(value, dict):
-        raise ValueError("must be a JSON object such as {\"api_base\": \"http://127.0.0.1:8000/v1\"}")
+        # ValueError, not TypeError: build_config reports ValueError as a bad option value.
+        raise ValueError('must be a JSON object such as {"api_base": "http://127.0.0.1:8000/v1"}')  # noqa: TRY004
     return value
 
 

@@ -126,8 +126,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     c = d.manifest["counts"]
     return [
         f"bclone: dataset {d.ref} ({c['trajectories']} trajectories, splits {c['splits']}) sha256 {d.fingerprint}",
-        f"bclone: gating {cfg.clone or '(no clone set)'} against {cfg.expert} on the {cfg.split} split "
-        f"({len(session.eval_trajectories)} trajectories), mode {cfg.mode}, cache {cfg.cache_mode}",
+        (f"bclone: gating {cfg.clone or '(no clone set)'} against {cfg.expert} on the {cfg.split} split "
+         f"({len(session.eval_trajectories)} trajectories), mode {cfg.mode}, cache {cfg.cache_mode}"),
     ]
 
 

@@ -91,7 +91,7 @@ class OpenAIServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 try:
@@ -105,7 +105,7 @@ class OpenAIServer:
                     return
                 try:
                     answer = server.responder(request)
-                except Exception as exc:  # a responder bug is a 500 the test can see, not a hang
+                except Exception as exc:  # noqa: BLE001 (a responder bug is a 500 the test can see, not a hang)
                     answer = Reply({"error": {"message": f"responder raised {exc!r}"}}, status=500)
                 self._send(answer if isinstance(answer, Reply) else Reply(answer))
 
@@ -166,7 +166,7 @@ class OpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> OpenAIServer:
+    def __enter__(self) -> OpenAIServer:  # noqa: PYI034 (not subclassed)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -70,7 +70,7 @@ def test_openai_jsonl_import_export_round_trips(tmp_path, capsys):
     assert calls["arguments"] == '{"order_id":"W1","reason":"no longer needed"}'
     # Eval split is empty: the export of eval writes nothing.
     code, _, err = run(capsys, "dataset", "--root", root, "export", "v1", "--split", "eval", "-o", str(out_file))
-    assert "exported 0 eval" in err
+    assert code == 0 and "exported 0 eval" in err
 
 
 def test_ls_show_and_diff_report_cohorts_rows_and_removed_tools(tmp_path, capsys):
@@ -100,6 +100,7 @@ def test_ls_show_and_diff_report_cohorts_rows_and_removed_tools(tmp_path, capsys
     assert d["removed_tools_still_called"] == {"issue_refund_legacy": 1}
     assert d["cohort_counts"]["multi_turn_refunds"] == [1, 0]
     code, out, _ = run(capsys, "dataset", "--root", root, "diff", "v7", "v8")
+    assert code == 0
     assert "tools removed: issue_refund_legacy" in out and "calls removed tool 'issue_refund_legacy' 1 times" in out
 
 
@@ -134,5 +135,5 @@ def test_console_script_is_installed(tmp_path):
     exe = Path(sys.executable).with_name("bclone")
     if not exe.exists():
         pytest.skip("bclone console script not installed in this interpreter's environment")
-    res = subprocess.run([str(exe), "dataset", "--root", str(tmp_path / "missing"), "ls"], capture_output=True, text=True)
+    res = subprocess.run([str(exe), "dataset", "--root", str(tmp_path / "missing"), "ls"], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "does not exist" in res.stderr

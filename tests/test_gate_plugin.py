@@ -101,8 +101,8 @@ def test_pass_fail_and_the_failure_message(gate: pytest.Pytester):
     out = result.stdout.str()
     # The explicit message: cohort, metric, n, expert, clone, difference, interval, margin.
     result.stdout.re_match_lines([
-        r".*bad / action_match: n=600 \(300 trajectories\) expert=1\.000 clone=0\.850 diff=-15\.0 pts "
-        r"95% CI \[-\d+\.\d, -\d+\.\d\] margin -3\.0 -> FAIL.*",
+        (r".*bad / action_match: n=600 \(300 trajectories\) expert=1\.000 clone=0\.850 diff=-15\.0 pts "
+         r"95% CI \[-\d+\.\d, -\d+\.\d\] margin -3\.0 -> FAIL.*"),
     ])
     assert "worst divergences (trajectory, step: expert -> clone):" in out
     assert "bad-0000 step 0: get_order(order_id='W0'); get_order(order_id='W0b') -> 'I cannot help with that.'" in out

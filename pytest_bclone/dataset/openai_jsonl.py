@@ -89,7 +89,7 @@ def iter_openai_jsonl(
     """
     stem = os.path.splitext(os.path.basename(path))[0]
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed by the `with f` below; opened apart to name the error)
     except OSError as exc:
         raise ImportFormatError(f"cannot read import file {path!r}: {exc.strerror}; check the path") from None
     with f:

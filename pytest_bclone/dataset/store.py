@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, overload
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -59,7 +59,7 @@ class LazyMessages(Sequence[Message]):
     Loading a million decision points then costs no JSON parse until a state is really needed.
     """
 
-    __slots__ = ("_text", "_items")
+    __slots__ = ("_items", "_text")
 
     def __init__(self, text: str) -> None:
         self._text: str | None = text
@@ -406,7 +406,7 @@ def _manifest(
         "name": name,
         "version": version,
         "parent": parent,
-        "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created or datetime.now(UTC).isoformat(timespec="seconds"),
         "counts": {
             "trajectories": len(rows),
             "splits": dict(sorted(splits.items())),
@@ -437,10 +437,10 @@ def load_ref(ref: str, root: str, base_dir: str = ".", source: str = "--bclone-d
 
 
 __all__ = [
+    "MANIFEST",
     "DatasetStore",
     "DatasetVersion",
     "LazyMessages",
-    "MANIFEST",
     "check_name",
     "load_ref",
     "row_digest",
