@@ -18,7 +18,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import BcloneConfig
@@ -528,7 +528,7 @@ class BcloneSession:
         gate = self._decide(records)
         return {
             "schema": "pytest-bclone/report/1",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "dataset": {
                 "name": self.dataset.name, "version": self.dataset.version, "ref": self.dataset.ref,
                 "fingerprint": self.dataset.fingerprint, "split": self.cfg.split,
