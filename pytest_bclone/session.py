@@ -612,7 +612,7 @@ class BcloneSession:
         clone_c = sorted(c for c, r in routes.items() if r == "clone")
         expert_c = sorted(c for c, r in routes.items() if r == "expert")
         traffic, saving = self._saving(routes)
-        saving_txt = f"est. saving {saving:.0f}%" if saving is not None else "est. saving unknown: set --bclone-price"
+        saving_txt = f"est. saving {saving:.0f}%" if saving is not None else "est. saving unknown (see --bclone-price)"
         if not records:
             decision, line = "NO DECISION", "BCLONE GATE: NO DECISION (no parity assertion ran)"
         elif blocking:
@@ -771,7 +771,8 @@ def _trajectory_cost(t: Trajectory, role: str, session: BcloneSession, calls: Se
     price = session.cfg.price.get(name)
     total = 0.0
     for stats in calls:
-        if not stats.cost_usd and price is None and (stats.prompt_tokens or stats.completion_tokens):
+        # Unknown, not free: a call that reported neither a cost nor tokens, or tokens without a price.
+        if not stats.cost_usd and (price is None or not (stats.prompt_tokens or stats.completion_tokens)):
             return None
         total += _call_cost(stats.to_dict(), price)
     return total
