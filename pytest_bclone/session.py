@@ -459,6 +459,7 @@ class BcloneSession:
         for it in gaps[:k]:
             if it["scores"]["clone"][metric] >= it["scores"]["expert"][metric]:
                 break
+            step: dict[str, Any] | None
             if it["level"] == "step":
                 step = it
             elif it["mode"] == "rollout":
@@ -588,7 +589,7 @@ class BcloneSession:
     def _decide(self, records: Sequence[RecordedVerdict]) -> dict[str, Any]:
         routes: dict[str, str] = {}
         blocking: list[str] = []
-        next_steps = []
+        next_steps: list[dict[str, Any]] = []
         block_reasons = []
         for rec in records:
             v = rec.verdict
