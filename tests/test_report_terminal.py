@@ -39,7 +39,7 @@ def test_default_shows_every_section_and_ends_with_the_gate_line_and_next_steps(
     assert out.count("  -> ") == TOP_CONFUSIONS
     assert "... 2 more (-v shows all)" in out
     assert "lookup_order_legacy: 17 calls (tool_heavy 11, long_tail 6)" in out
-    assert "14.1% of trajectories out of distribution (shift score > 0.35)" in out
+    assert "14.1% of eval states out of distribution (shift score > 0.35)" in out
     assert "out of distribution  n=    303  expert 81.2  clone 70.3  diff -10.9" in out
     assert "drift vs baseline reports/bclone-support-v7.json (margin 2.0 points): 1 of 5 flagged" in out
     assert "DRIFT" in out and "common_intents      task_completion  " not in out.split("drift vs")[1]

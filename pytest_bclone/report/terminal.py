@@ -261,7 +261,7 @@ def _shift(summary: Mapping[str, Any]) -> list[str]:
     if not isinstance(shift, Mapping):
         return []
     out = [
-        (f"distribution shift: {fmt_share(shift.get('ood_share'))} of trajectories out of distribution "
+        (f"distribution shift: {fmt_share(shift.get('ood_share'))} of eval states out of distribution "
         f"(shift score > {text(shift.get('threshold'), NA)}); {text(shift.get('metric'), 'score')} by side:")
     ]
     for label, key in (("in distribution", "in_distribution"), ("out of distribution", "out_of_distribution")):
