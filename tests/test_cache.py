@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,11 @@ def test_concurrent_writers_in_several_processes_leave_only_whole_entries(tmp_pa
     for f in files:
         assert json.loads(f.read_text())["value"]["message"]["content"] == "x" * 5000
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_cache_directory_removed_mid_run_is_recreated(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache")
+    key = call(cache, Counter()).key
+    shutil.rmtree(tmp_path / "cache")
+    assert call(cache, Counter(), repeat=0).cached is False  # a miss, recorded again
+    assert cache.get(key) is not None
