@@ -370,3 +370,25 @@ def test_holm_correction_is_applied_across_the_runs_verdicts(gate: pytest.Pytest
         v = by_test[name]
         assert v["p_adjusted"] >= v["p_value"] and v["status"] == "pass"
     assert report["run"]["holm"] is True
+
+
+def test_sample_and_repeats_options_shape_the_replay(gate: pytest.Pytester):
+    gate.makepyfile(test_s="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            v = assert_parity(cohort="good", within=1, metric="action_match", allow_inconclusive=True)
+            assert v.n_clusters is not None and v.n_clusters < 300
+    """)
+    result = gate.runpytest("--bclone-sample=100", "--bclone-seed=3", "--bclone-repeats=2",
+                            "--bclone-report-json=s.json")
+    result.assert_outcomes(passed=1)
+    calls = (gate.path / "calls.log").read_text().split()
+    report = json.loads((gate.path / "s.json").read_text())
+    good = report["verdicts"][0]
+    # A seeded sample of 100 of the 665 eval trajectories; each state asked twice (repeats).
+    assert len(calls) == 2 * 2 * good["n_clusters"]
+    assert report["agents"]["clone"]["calls"] == len(calls)
+    again = gate.runpytest("--bclone-sample=100", "--bclone-seed=3", "--bclone-report-json=s2.json")
+    again.assert_outcomes(passed=1)
+    assert json.loads((gate.path / "s2.json").read_text())["verdicts"][0]["n_clusters"] == good["n_clusters"]
