@@ -67,13 +67,15 @@ class BcloneCase:
     def _item(self, metric: str) -> dict[str, Any]:
         s = self._session
         s.ensure(self.cohort, self.mode)
+        s.ensure_judged(self.cohort, metric)
         level = s.metric_level(metric, self.mode)
         if level == "trajectory":
             return s.items[f"{self.mode}|trajectory|{self.trajectory_id}"]
         steps = [it for it in s.items.values() if it["level"] == "step" and it["trajectory_id"] == self.trajectory_id
                  and it["mode"] == self.mode]
         # A step metric of a whole trajectory: the mean over its steps (failed steps left out).
-        scored = [it for it in steps if "clone" in it["scores"] and "expert" in it["scores"]]
+        scored = [it for it in steps if metric in it["scores"].get("clone", {})
+                  and metric in it["scores"].get("expert", {})]
         return {"scores": {r: {metric: sum(it["scores"][r][metric] for it in scored) / len(scored)}
                            for r in ("clone", "expert")} if scored else {},
                 "errors": {r: e for it in steps for r, e in it["errors"].items()}}

@@ -65,10 +65,41 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Failure:
-    """What one failed attempt was: whether asking again may help, and a one-line description."""
+    """What one failed attempt was: whether asking again may help, and a one-line description.
+
+    ``retry_after`` is the server's ``Retry-After`` (seconds), when it sent one.
+    """
 
     retryable: bool
     message: str
+    retry_after: float | None = None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a 429/503 asked us to wait: ``Retry-After`` (seconds, or an HTTP date) or
+    ``retry-after-ms``, read from the exception's response headers (litellm keeps them in
+    ``litellm_response_headers``, the openai SDK in ``response.headers``)."""
+    for headers in (getattr(exc, "litellm_response_headers", None),
+                    getattr(getattr(exc, "response", None), "headers", None)):
+        if not headers:
+            continue
+        try:
+            ms = headers.get("retry-after-ms")
+            if ms is not None:
+                return max(0.0, float(ms) / 1000.0)
+            value = headers.get("retry-after")
+            if value is None:
+                continue
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                from email.utils import parsedate_to_datetime
+
+                when = parsedate_to_datetime(value)
+                return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, AttributeError):
+            continue  # an unreadable header is no instruction: fall back to our own backoff
+    return None
 
 
 def describe_exception(exc: BaseException, limit: int = 300) -> str:
@@ -92,7 +123,7 @@ def classify_exception(
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         retryable = status in RETRYABLE_STATUSES or status >= 500
-        return Failure(retryable, f"HTTP {status} {describe(exc)}")
+        return Failure(retryable, f"HTTP {status} {describe(exc)}", retry_after(exc))
     if isinstance(exc, (ConnectionError, OSError)):
         return Failure(True, f"connection error ({describe(exc)})")
     return Failure(False, describe(exc))
@@ -130,4 +161,9 @@ async def call_with_retries(
                 attempts=attempts,
                 elapsed_s=time.monotonic() - start,
             )
-        await asyncio.sleep(policy.delay(attempts - 1))
+        wait = policy.delay(attempts - 1)
+        if failure.retry_after is not None:
+            # The server said when to come back: honour it (capped, so a bogus hour-long value
+            # cannot stall the run), but never come back sooner than our own backoff.
+            wait = max(wait, min(failure.retry_after, policy.backoff_max))
+        await asyncio.sleep(wait)

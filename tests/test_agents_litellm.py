@@ -290,3 +290,31 @@ def test_retries_wait_between_attempts(server: OpenAIServer, script: Script) -> 
     result = act(make_clone(server, retry=RetryPolicy(max_retries=2, backoff_base=0.2, jitter=0.0)))
     assert not result.failed and server.request_count == 3
     assert time.monotonic() - start >= 0.2 + 0.4
+
+
+def test_a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked(server: OpenAIServer,
+                                                                           script: Script) -> None:
+    script.queue += [Reply(status=429, headers={"Retry-After": "1"})]
+    start = time.monotonic()
+    result = act(make_clone(server, retry=RetryPolicy(max_retries=2, backoff_base=0.01, jitter=0.0)))
+    elapsed = time.monotonic() - start
+    assert not result.failed and server.request_count == 2
+    assert elapsed >= 1.0  # our own backoff alone would have waited 0.01 s
+
+
+def test_retry_after_forms_and_a_cap_on_bogus_values() -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from pytest_bclone.retry import retry_after
+
+    class Err(Exception):
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.litellm_response_headers = headers
+
+    assert retry_after(Err({"retry-after": "3"})) == 3.0
+    assert retry_after(Err({"retry-after-ms": "250"})) == 0.25
+    in_5s = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
+    assert 3.0 < (retry_after(Err({"retry-after": in_5s})) or 0) <= 5.0
+    assert retry_after(Err({"retry-after": "soon"})) is None
+    assert retry_after(Exception()) is None
