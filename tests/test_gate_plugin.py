@@ -392,3 +392,57 @@ def test_sample_and_repeats_options_shape_the_replay(gate: pytest.Pytester):
     again = gate.runpytest("--bclone-sample=100", "--bclone-seed=3", "--bclone-report-json=s2.json")
     again.assert_outcomes(passed=1)
     assert json.loads((gate.path / "s2.json").read_text())["verdicts"][0]["n_clusters"] == good["n_clusters"]
+
+
+def test_a_litellm_clone_end_to_end_with_cache_and_cache_mode_none(gate: pytest.Pytester):
+    """--bclone-clone=openai/... with bclone_clone_params: the gate's real model path, over HTTP to a
+    local OpenAI-compatible server that answers like the expert on every state."""
+    from pytest_bclone.testing import OpenAIServer, reply
+
+    def clone_server(request):
+        last = request["messages"][-1]
+        if last["role"] == "user":  # the first decision point: look both orders up
+            order = last["content"].split("orders ")[1].split(" and")[0]
+            return reply(tool_calls=[("get_order", {"order_id": order}), ("get_order", {"order_id": order + "b"})],
+                         prompt_tokens=120, completion_tokens=20)
+        order = request["messages"][1]["content"].split("orders ")[1].split(" and")[0]
+        return reply(f"{order} has shipped; {order}b is pending.", prompt_tokens=150, completion_tokens=12)
+
+    gate.makepyfile(test_llm="""
+        from pytest_bclone import assert_parity
+
+        def test_tiny():
+            v = assert_parity(cohort="tiny", within=50, metric="action_match", allow_inconclusive=True)
+            assert v.n == 10 and v.clone_mean == 1.0
+    """)
+    with OpenAIServer(clone_server) as server:
+        ini = INI.replace("bclone_clone = flaky", "bclone_clone = openai/acme-clone-v8")
+        ini += f'bclone_clone_params = {{"api_base": "{server.base_url}", "api_key": "sk-test"}}\n'
+        gate.makeini(ini)
+        args = ["--bclone-report-json=llm.json", "--bclone-price", "openai/acme-clone-v8=0.3/1.2"]
+        first = gate.runpytest_subprocess(*args)
+        first.assert_outcomes(passed=1)
+        assert server.request_count == 10  # 5 trajectories x 2 decision points
+        report = json.loads((gate.path / "llm.json").read_text())
+        clone = report["agents"]["clone"]
+        assert clone["name"] == "openai/acme-clone-v8" and clone["calls"] == 10
+        assert (clone["prompt_tokens"], clone["completion_tokens"]) == (5 * 270, 5 * 32)
+        assert clone["cost_usd"] == pytest.approx((1350 * 0.3 + 160 * 1.2) / 1e6)
+        assert report["cache"] == {"hits": 0, "misses": 10}
+
+        warm = gate.runpytest_subprocess(*args)
+        warm.assert_outcomes(passed=1)
+        assert server.request_count == 10  # the warm cache sent nothing
+        assert json.loads((gate.path / "llm.json").read_text())["cache"] == {"hits": 10, "misses": 0}
+
+        gate.makepyfile(test_llm="""
+            from pytest_bclone import assert_parity
+
+            def test_bad():
+                assert_parity(cohort="bad", within=3, metric="action_match")
+        """)
+        offline = gate.runpytest_subprocess("--bclone-cache-mode=none")
+        offline.assert_outcomes(failed=1)
+        assert server.request_count == 10
+        offline.stdout.re_match_lines([r".*no recorded answer for trajectory 'bad-\d+' step \d.*"
+                                       r"--bclone-cache-mode=new_episodes to record it.*"])
