@@ -444,5 +444,5 @@ def test_a_litellm_clone_end_to_end_with_cache_and_cache_mode_none(gate: pytest.
         offline = gate.runpytest_subprocess("--bclone-cache-mode=none")
         offline.assert_outcomes(failed=1)
         assert server.request_count == 10
-        offline.stdout.re_match_lines([r".*no recorded answer for trajectory 'bad-\d+' step \d.*"
-                                       r"--bclone-cache-mode=new_episodes to record it.*"])
+        offline.stdout.re_match_lines([(r".*no recorded answer for trajectory 'bad-\d+' step \d.*"
+                                        r"--bclone-cache-mode=new_episodes to record it.*")])
