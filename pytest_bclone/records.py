@@ -307,7 +307,8 @@ class Episode:
     ``actions`` are the agent's actions in order, ``messages`` the whole conversation (recorded
     user turns, the agent's turns, tool results). ``error`` is set when a model call finally failed
     (the episode is then excluded from scores, never scored as a mistake). ``final_state_ok`` is the
-    environment's own end-state check, ``None`` when the environment offers none.
+    environment's own end-state check, ``None`` when the environment offers none. ``truncated``
+    says the episode was stopped at the step cap (the agent was still acting: often a loop).
     """
 
     trajectory_id: str
@@ -317,9 +318,11 @@ class Episode:
     error: str | None = None
     final_state_ok: bool | None = None
     repeat: int = 0
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "truncated": self.truncated,
             "trajectory_id": self.trajectory_id,
             "actions": [a.to_dict() for a in self.actions],
             "messages": list(self.messages),
@@ -339,6 +342,7 @@ class Episode:
             d.get("error"),
             d.get("final_state_ok"),
             int(d.get("repeat", 0)),
+            bool(d.get("truncated", False)),
         )
 
 

@@ -436,7 +436,11 @@ async def run_episode(
     actions: list[Action] = []
     stats: list[CallStats] = []
     error: str | None = None
-    while len(actions) < cap:
+    truncated = False
+    while True:
+        if len(actions) >= cap:
+            truncated = True  # still acting at the cap: reported, and step_count penalises it
+            break
         reply = await _ask(agent, State(trajectory.id, len(actions), tuple(conversation), tools), repeat)
         stats.append(reply.stats)
         if reply.action is None:
@@ -454,7 +458,8 @@ async def run_episode(
             break
         conversation.append(user_turns.popleft())
     return Episode(
-        trajectory.id, tuple(actions), tuple(conversation), sum_stats(stats), error, _final_state_ok(env), repeat
+        trajectory.id, tuple(actions), tuple(conversation), sum_stats(stats), error, _final_state_ok(env), repeat,
+        truncated,
     )
 
 

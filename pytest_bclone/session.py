@@ -325,6 +325,8 @@ class BcloneSession:
                              steps={r: len(result.episode(r, t.id, 0).actions) for r in ROLES}, cost=costs,
                              episode_actions={r: [a.to_dict() for a in result.episode(r, t.id, 0).actions]
                                               for r in ROLES},
+                             truncated={r: any(result.episode(r, t.id, k).truncated for k in range(self.cfg.repeats))
+                                        for r in ROLES},
                              calls={r: [result.episode(r, t.id, k).stats.to_dict() for k in range(self.cfg.repeats)]
                                     for r in ROLES})
 
@@ -558,7 +560,17 @@ class BcloneSession:
                 "examples": [_divergence_record(it) for it in sorted(divergent, key=lambda i: i["key"])[:20]],
             },
             "drift": None,
+            "rollouts": self._rollout_summary(),
         }
+
+    def _rollout_summary(self) -> dict[str, Any] | None:
+        """Episodes driven in rollout mode and how many each agent left at the step cap."""
+        eps = [it for it in self.items.values() if it["mode"] == "rollout"]
+        if not eps:
+            return None
+        truncated = {r: sum(1 for it in eps if (it.get("truncated") or {}).get(r)) for r in ROLES}
+        examples = sorted(it["trajectory_id"] for it in eps if (it.get("truncated") or {}).get("clone"))[:5]
+        return {"episodes": len(eps), "truncated": truncated, "examples": examples}
 
     def expert_model(self) -> str:
         """The model string that serves expert traffic: a live expert's name, or for the recorded

@@ -100,3 +100,18 @@ def test_an_empty_run_renders_at_every_verbosity() -> None:
 def test_a_bare_summary_still_renders_a_gate_line() -> None:
     assert terminal_lines({}, 0)[-1] == "BCLONE GATE: UNKNOWN"
     assert terminal_lines({"verdicts": [{}], "gate": {"decision": "SHIP"}}, 1)[-1] == "BCLONE GATE: SHIP"
+
+
+def test_rollouts_line_counts_episodes_left_at_the_step_cap() -> None:
+    import json
+    from pathlib import Path
+
+    from pytest_bclone.report import terminal_lines, validate_summary
+
+    summary = json.loads((Path(__file__).parent / "data" / "report_summary.json").read_text())
+    assert not any(line.startswith("rollouts:") for line in terminal_lines(summary))
+    summary["rollouts"] = {"episodes": 70, "truncated": {"clone": 14, "expert": 0}, "examples": ["t-57", "t-738"]}
+    validate_summary(summary)
+    lines = terminal_lines(summary)
+    assert ("rollouts: 70 episodes per agent; stopped at the step cap (still acting): clone 14, expert 0 "
+            "(e.g. t-57, t-738)") in lines

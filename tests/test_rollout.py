@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_bclone.agents import Agent, PythonAgent, RecordedAgent
 from pytest_bclone.cache import ModelCache
-from pytest_bclone.records import Action, AgentReply, CallStats, State, ToolCall, Trajectory
+from pytest_bclone.records import Action, AgentReply, CallStats, Episode, State, ToolCall, Trajectory
 from pytest_bclone.replay import Environment, RolloutResult, run_rollouts
 from pytest_bclone.testing import OpenAIServer, Reply, reply
 
@@ -105,6 +105,15 @@ def test_an_agent_that_never_stops_is_cut_at_the_step_cap() -> None:
     assert len(result.episode("clone", "t0").actions) == 3 * 3 + 5
     capped = run_rollouts(TRAJECTORIES[:1], {"clone": PythonAgent(loops)}, Envs(), max_steps=4, progress=False)
     assert len(capped.episode("clone", "t0").actions) == 4
+    assert capped.episode("clone", "t0").truncated and capped.episode("clone", "t0").error is None
+    # An episode that ends on its own is not truncated, and the flag survives the xdist channel.
+    assert not episode_that_ends().truncated
+    assert type(capped).from_dict(capped.to_dict()).episode("clone", "t0").truncated
+
+
+def episode_that_ends() -> Episode:
+    result = run_rollouts(TRAJECTORIES[:1], {"expert": RecordedAgent(TRAJECTORIES)}, Envs(), progress=False)
+    return result.episode("expert", "t0")
 
 
 def test_a_failed_call_ends_the_episode_with_an_error_that_is_counted() -> None:

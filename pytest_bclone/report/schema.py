@@ -166,6 +166,15 @@ REPORT_SCHEMA: dict[str, Any] = {
                  "tool_confusions", "dead_tools", "distribution_shift", "errors", "cache", "divergences",
                  "drift"],
     "properties": {
+        "rollouts": {
+            "description": "rollout mode: episodes driven and how many each agent left at the step cap "
+                           "(still acting: usually a loop); null without rollouts; optional",
+            "anyOf": [{"type": "null"}, _object({
+                "episodes": _COUNT,
+                "truncated": {"type": "object", "additionalProperties": _COUNT},
+                "examples": {"type": "array", "items": {"type": "string"}},
+            })],
+        },
         "schema": _d(f"format identifier, always {SCHEMA_ID!r}", {"const": SCHEMA_ID}),
         "created": _d("when the run finished, ISO 8601 with timezone", {"type": "string", "minLength": 10}),
         "dataset": _object(

@@ -79,6 +79,7 @@ def terminal_lines(summary: Mapping[str, Any], verbosity: int = 0) -> list[str]:
         lines += _shift(summary)
         lines += _drift(summary, verbosity)
         lines += _divergences(summary, verbosity)
+        lines += _rollouts(summary)
         lines += _errors(summary, verbosity)
     lines += _gate(summary)
     return lines
@@ -300,6 +301,20 @@ def _divergences(summary: Mapping[str, Any], verbosity: int) -> list[str]:
     if verbosity > 0:
         out += _example_lines(rows(div, "examples")[:_EXAMPLES_V])
     return out + [""]
+
+
+def _rollouts(summary: Mapping[str, Any]) -> list[str]:
+    ro = summary.get("rollouts")
+    if not isinstance(ro, Mapping):
+        return []
+    cut = section(ro, "truncated")
+    examples = ", ".join(text(e) for e in ro.get("examples") or [])
+    return [
+        f"rollouts: {fmt_count(ro.get('episodes') or 0)} episodes per agent; stopped at the step cap (still acting): "
+        f"clone {fmt_count(cut.get('clone') or 0)}, expert {fmt_count(cut.get('expert') or 0)}"
+        + (f" (e.g. {examples})" if examples else ""),
+        "",
+    ]
 
 
 def _errors(summary: Mapping[str, Any], verbosity: int) -> list[str]:
