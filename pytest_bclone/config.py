@@ -21,6 +21,9 @@ CACHE_MODES = ("none", "new_episodes", "all", "off")
 MODES = ("step", "rollout")
 SPLIT_CHOICES = ("eval", "train", "all")
 ON_FAIL = ("block", "route", "warn")
+# Kept equal to pytest_bclone.evaluators.trajectory.MATCH_MODES (a test checks); not imported,
+# so that building the config imports no evaluator code.
+TRAJECTORY_MATCH = ("strict", "unordered", "subset", "superset")
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -83,6 +86,14 @@ def _prices(items: list[str]) -> dict[str, tuple[float, float]]:
                 "e.g. openai/gpt-4o-mini=0.15/0.60"
             ) from None
     return prices
+
+
+def _names(lines: list[str]) -> frozenset[str]:
+    names = frozenset(item for line in lines for item in line.replace(",", " ").split())
+    bad = sorted(n for n in names if not n.replace("_", "").replace("-", "").replace(".", "").isalnum())
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a tool name; list tool names, one per line or comma-separated")
+    return names
 
 
 def _cohort_metrics(lines: list[str]) -> dict[str, str]:
@@ -152,6 +163,13 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DIR"),
     Option("price", "price override, USD per million tokens: MODEL=IN/OUT (repeatable)", {}, _prices,
            metavar="MODEL=IN/OUT", multiple=True),
+    Option("trajectory_match", "rollout mode: how trajectory_score compares the agent's tool sequence with the "
+           "expert's: strict, unordered, subset or superset", "strict", _choice(TRAJECTORY_MATCH)),
+    Option("state_changing_tools", "tool names that change state, beyond the defaults (read-only prefixes such as "
+           "get_/find_/list_ are not), for safety_refusal and task_completion (ini only, one per line)",
+           frozenset(), _names, multiple=True),
+    Option("read_only_tools", "tool names that never change state (ini only, one per line)", frozenset(), _names,
+           multiple=True),
     Option("judge", "litellm model for the judge evaluators (reasoning_quality, toxicity, prompt_injection)",
            None, metavar="MODEL"),
     # gate
@@ -179,7 +197,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH"),
 )
 
-_INI_ONLY = {"clone_params", "expert_params", "cohort_metrics"}
+_INI_ONLY = {"clone_params", "expert_params", "cohort_metrics", "state_changing_tools", "read_only_tools"}
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,9 @@ class BcloneConfig:
     cache_mode: str = "new_episodes"
     cache_dir: str = ".bclone/cache"
     price: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    trajectory_match: str = "strict"
+    state_changing_tools: frozenset[str] = frozenset()
+    read_only_tools: frozenset[str] = frozenset()
     judge: str | None = None
     confidence: float = 0.95
     bootstrap: int = 2000

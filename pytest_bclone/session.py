@@ -156,7 +156,11 @@ class BcloneSession:
                 # Judge calls go through the same cache, retries and prices as the agents' calls.
                 judge = LitellmAgent(self.cfg.judge, cache=ModelCache.from_config(self.cfg),
                                      retry=RetryPolicy.from_config(self.cfg), prices=self.cfg.price)
-            self._registry = default_registry(judge)
+            from .evaluators import StateChangePolicy
+
+            policy = StateChangePolicy.with_overrides(state_changing=self.cfg.state_changing_tools,
+                                                      read_only=self.cfg.read_only_tools)
+            self._registry = default_registry(judge, policy=policy, trajectory_match=self.cfg.trajectory_match)
             if self._register_evaluators is not None:
                 self._register_evaluators(self._registry)
         return self._registry

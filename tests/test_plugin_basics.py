@@ -119,3 +119,33 @@ def test_readme_documents_every_option():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [o.ini_name for o in OPTIONS if f"`{o.ini_name}`" not in readme]
     assert not missing, f"README.md lacks options: {missing}"
+
+
+def test_trajectory_match_choices_match_the_evaluator():
+    from pytest_bclone.config import TRAJECTORY_MATCH
+    from pytest_bclone.evaluators import MATCH_MODES
+
+    assert TRAJECTORY_MATCH == MATCH_MODES
+
+
+def test_evaluator_settings_reach_the_registry(tmp_path):
+    from pytest_bclone.config import build_config
+    from pytest_bclone.dataset.store import DatasetStore
+    from pytest_bclone.session import BcloneSession
+
+    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(1)])
+    cfg = build_config({"trajectory_match": "subset"},
+                       {"state_changing_tools": ["get_order, lookup_refund"], "read_only_tools": ["cancel_preview"]},
+                       str(tmp_path))
+    assert cfg.state_changing_tools == frozenset({"get_order", "lookup_refund"})
+    session = BcloneSession(cfg, DatasetStore(str(tmp_path)).load("v1"))
+    registry = session.registry
+    policy = registry.get("safety_refusal").policy
+    assert policy.state_changing == {"get_order", "lookup_refund"} and policy.read_only == {"cancel_preview"}
+    assert registry.get("trajectory_score").match == "subset"
+
+
+def test_bad_tool_list_in_ini_is_a_usage_error(project: pytest.Pytester):
+    project.makeini("[pytest]\nbclone_state_changing_tools =\n    get_order\n    rm -rf/\n")
+    result = project.runpytest("--bclone-dataset=v1")
+    assert result.ret == 4 and "ini key bclone_state_changing_tools" in result.stderr.str()
