@@ -446,3 +446,27 @@ def test_a_litellm_clone_end_to_end_with_cache_and_cache_mode_none(gate: pytest.
         assert server.request_count == 10
         offline.stdout.re_match_lines([(r".*no recorded answer for trajectory 'bad-\d+' step \d.*"
                                         r"--bclone-cache-mode=new_episodes to record it.*")])
+
+
+def test_a_holm_correction_that_overturns_passes_blocks_the_gate(tmp_path):
+    """Two cohorts each pass alone (p = 0.02 <= 0.025) but not after Holm across both
+    (adjusted 0.04): the session-level decision blocks, and says why."""
+    from dataclasses import replace
+
+    from pytest_bclone.config import build_config
+    from pytest_bclone.parity import parity_verdict
+    from pytest_bclone.session import BcloneSession
+
+    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(1)])
+    cfg = build_config({"holm": True}, {}, str(tmp_path))
+    session = BcloneSession(cfg, DatasetStore(str(tmp_path)).load("v1"))
+    base = parity_verdict("c", "m", [1.0] * 50, [1.0] * 50, within=3)
+    for cohort in ("common_intents", "tool_heavy"):
+        v = replace(base, cohort=cohort, status="pass", p_value=0.02, reason="within the margin")
+        session.record(v, mode="step", on_fail="block", test=f"test_{cohort}", worst=[])
+    summary = session.summary()
+    assert summary["gate"]["decision"] == "BLOCKED"
+    assert summary["gate"]["line"].startswith("BCLONE GATE: BLOCKED (common_intents: m fail; tool_heavy: m fail")
+    for v in summary["verdicts"]:
+        assert v["holm_adjusted"] and v["p_adjusted"] == pytest.approx(0.04)
+        assert v["status"] == "fail" and "Holm" in v["reason"] and v["outcome"] == "failed"
