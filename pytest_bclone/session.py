@@ -619,10 +619,17 @@ class BcloneSession:
                 what = (f"zero regression violated, {v['regressions']} regressions" if v.get("regressions")
                         and v["within"] == 0 else f"{v['metric']} {v['status']}")
                 block_reasons.append(f"{cohort}: {what}")
-            kind, text = NEXT_STEPS.get(cohort, _generic_next_step(v["metric"], v["status"]))
-            if v["status"] == "inconclusive" and v.get("n_needed"):
-                unit = "trajectories" if v.get("n_clusters") is not None else "items"
-                text += f" (inconclusive: about {v['n_needed']} {unit} would resolve the margin)"
+            if v["status"] == "inconclusive":
+                # Undecided is not a failure to fix by retraining: the evidence is missing. The
+                # release table's remedy applies once more rows have decided it.
+                kind, text = _generic_next_step(v["metric"], "inconclusive")
+                if v.get("n_needed"):
+                    unit = "trajectories" if v.get("n_clusters") is not None else "items"
+                    text += f" (about {v['n_needed']} {unit} would resolve the {v['within']:g}-point margin)"
+                elif v.get("errors"):
+                    text = f"fix the failing model calls ({v['errors']} items lost) and rerun"
+            else:
+                kind, text = NEXT_STEPS.get(cohort, _generic_next_step(v["metric"], v["status"]))
             if all(s["text"] != f"{cohort}: {text}" for s in next_steps):  # one line per advice
                 next_steps.append({"cohort": cohort, "metric": v["metric"], "status": v["status"], "action": kind,
                                    "text": f"{cohort}: {text}"})
@@ -862,7 +869,7 @@ def _divergence_record(it: Mapping[str, Any]) -> dict[str, Any]:
 
 def _generic_next_step(metric: str, status: str) -> tuple[str, str]:
     if status == "inconclusive":
-        return "collect_more", "collect more eval rows for this cohort: the sample cannot resolve the margin"
+        return "collect_more", "evaluate more rows of this cohort: the sample cannot resolve the margin yet"
     if metric in ("tool_selection", "tool_arguments", "dead_tool"):
         return "inspect_tools", "inspect tool-call coverage of the training set for this cohort"
     return "retrain", "retrain the clone with more rows of this cohort"
