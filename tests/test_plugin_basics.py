@@ -99,15 +99,20 @@ def test_tampered_dataset_stops_the_run(project: pytest.Pytester):
     assert "data-00000.parquet has sha256" in result.stderr.str()
 
 
-def test_plain_plugin_loading_imports_neither_litellm_nor_pyarrow():
+def test_plain_plugin_loading_imports_neither_litellm_nor_pyarrow(tmp_path):
+    # A real pytest run in an empty project: the plugin is loaded through its entry point and
+    # parses an option of ours, yet nothing heavy is imported.
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
     code = (
         "import sys, pytest\n"
-        "ret = pytest.main(['--co', '-q', '-p', 'pytest_bclone.plugin', '--bclone-concurrency=4', '-k', 'nothing'])\n"
-        "import pytest_bclone, pytest_bclone.plugin\n"
+        "ret = pytest.main(['-q', '-p', 'no:cacheprovider', '--bclone-concurrency=4', 'test_x.py'])\n"
+        "assert ret == 0, ret\n"
+        "assert 'pytest_bclone.plugin' in sys.modules\n"
         "heavy = [m for m in ('litellm', 'pyarrow', 'numpy', 'jsonschema') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=False)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
     assert "HEAVY []" in res.stdout, res.stdout + res.stderr
 
 
