@@ -71,8 +71,7 @@ class BcloneCase:
         level = s.metric_level(metric, self.mode)
         if level == "trajectory":
             return s.items[f"{self.mode}|trajectory|{self.trajectory_id}"]
-        steps = [it for it in s.items.values() if it["level"] == "step" and it["trajectory_id"] == self.trajectory_id
-                 and it["mode"] == self.mode]
+        steps = s.step_items(self.trajectory_id)
         # A step metric of a whole trajectory: the mean over its steps (failed steps left out).
         scored = [it for it in steps if metric in it["scores"].get("clone", {})
                   and metric in it["scores"].get("expert", {})]
@@ -95,5 +94,4 @@ class BcloneCase:
         """The step records of this trajectory (step mode): actions and scores of both agents."""
         s = self._session
         s.ensure(self.cohort, "step")
-        return sorted((it for it in s.items.values() if it["level"] == "step" and it["mode"] == "step"
-                       and it["trajectory_id"] == self.trajectory_id), key=lambda it: it["step"])
+        return s.step_items(self.trajectory_id)

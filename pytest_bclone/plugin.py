@@ -19,12 +19,13 @@ from .errors import BcloneError, ConfigError
 
 if TYPE_CHECKING:
     from .dataset.store import DatasetVersion
+    from .reporting import FinishedRun
     from .session import BcloneSession
 
 CONFIG_KEY = pytest.StashKey["BcloneConfig"]()
 SESSION_KEY = pytest.StashKey["BcloneSession"]()
 CURRENT_KEY = pytest.StashKey["list[pytest.Item | None]"]()
-SUMMARY_KEY = pytest.StashKey["dict[str, Any]"]()
+SUMMARY_KEY: pytest.StashKey[FinishedRun] = pytest.StashKey()
 MARKER_KEYS = ("cohort", "metric", "mode")
 
 
@@ -265,9 +266,9 @@ class _Controller:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         from .reporting import finish
 
-        summary = finish(self.session, self.from_reports, session, self.config)
-        if summary is not None:
-            self.config.stash[SUMMARY_KEY] = summary
+        run = finish(self.session, self.from_reports, session, self.config)
+        if run is not None:
+            self.config.stash[SUMMARY_KEY] = run
 
 
 @pytest.hookimpl(trylast=True)
@@ -284,9 +285,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    summary = config.stash.get(SUMMARY_KEY, None)
-    if summary is None:
+    run = config.stash.get(SUMMARY_KEY, None)
+    if run is None:
         return
     from .reporting import terminal
 
-    terminal(terminalreporter, summary, config.option.verbose)
+    terminal(terminalreporter, run, config.option.verbose)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import BcloneError
@@ -18,8 +19,16 @@ if TYPE_CHECKING:
     from .session import BcloneSession
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """What the terminal section prints: the summary, and the artifacts that could not be written."""
+
+    summary: dict[str, Any]
+    problems: list[str]
+
+
 def finish(bsession: BcloneSession, records: Sequence[dict[str, Any]], session: pytest.Session,
-           config: pytest.Config) -> dict[str, Any] | None:
+           config: pytest.Config) -> FinishedRun | None:
     """Build the summary from the verdict ``records`` every test report carried (local or from
     xdist workers), write the artifacts, and set the exit status when the gate blocks.
 
@@ -75,21 +84,20 @@ def finish(bsession: BcloneSession, records: Sequence[dict[str, Any]], session: 
     if cfg.divergences:
         attempt(f"divergences {cfg.divergences}", report.write_divergences, bsession.divergence_records(),
                 path(cfg.divergences))
-    summary["_problems"] = problems
     # A session-level failure (a Holm correction that overturns a pass, a report that could not be
     # written) sets the exit status explicitly; the terminal prints the gate line that says why.
     if (summary["gate"]["decision"] == "BLOCKED" or problems) and session.exitstatus == 0:
         session.exitstatus = 1
-    return summary
+    return FinishedRun(summary, problems)
 
 
-def terminal(terminalreporter: Any, summary: dict[str, Any], verbosity: int) -> None:
+def terminal(terminalreporter: Any, run: FinishedRun, verbosity: int) -> None:
     """Print the bclone section; the last line is the ``BCLONE GATE:`` decision and next steps."""
     from .report import terminal_lines
 
     tr = terminalreporter
     tr.write_sep("=", "bclone release gate")
-    problems = summary.pop("_problems", [])
+    summary, problems = run.summary, run.problems
     for line in terminal_lines(summary, verbosity):
         markup = {}
         if line.startswith("BCLONE GATE:"):

@@ -483,9 +483,17 @@ class BcloneSession:
             })
         return out
 
+    def step_items(self, trajectory_id: str) -> list[dict[str, Any]]:
+        """The step-mode items of one trajectory, in step order (looked up by their keys, not by a
+        scan of every item: per-trajectory views are asked for once per test case)."""
+        t = self._by_id.get(trajectory_id)
+        if t is None:
+            return []
+        keys = (f"step|step|{trajectory_id}#{k}" for k in range(len(t.assistant_indexes())))
+        return [self.items[k] for k in keys if k in self.items]
+
     def _first_divergent_step(self, trajectory_id: str) -> dict[str, Any] | None:
-        steps = sorted((it for it in self.items.values() if it["level"] == "step"
-                        and it["trajectory_id"] == trajectory_id), key=lambda it: it["step"])
+        steps = self.step_items(trajectory_id)
         for it in steps:
             if it["scores"].get("clone", {}).get("action_match", 1.0) < 1.0:
                 return it
