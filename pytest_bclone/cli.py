@@ -1,88 +1,142 @@
 """The ``bclone`` command: manage trajectory dataset versions.
 
-    bclone dataset import FILE --name support --version v8 [--format openai-jsonl] [--cohort C ...]
+    bclone dataset import FILE --name support --version v8 [--format auto] [--cohort C ...] [--strict]
+    bclone dataset build SOURCE... --name support --version v9 [--min-score task_completion=0.8] [--rules R.toml]
     bclone dataset export support@v8 --format openai-jsonl [--split train] [-o FILE]
-    bclone dataset ls | show REF | diff A B | validate FILE
+    bclone dataset ls | show REF | diff A B | validate FILE|REF
+    bclone --version
 
-The root is ``--root``, else ``$BCLONE_DATASET_ROOT``, else ``bclone_datasets`` (the plugin's
-default for ini ``bclone_dataset_root``). Errors print one ``bclone: error: ...`` line, exit 2.
+The root is ``--root`` (accepted before or after the verb), else ``$BCLONE_DATASET_ROOT``, else
+``bclone_datasets``. Errors print one ``bclone: error: ...`` line and exit 2; never a traceback
+(set ``BCLONE_DEBUG=1`` to see one for an unexpected error).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn
 
-from .errors import BcloneError
+from .errors import BcloneError, ConfigError, DatasetNotFound
 
-IMPORT_FORMATS = ("openai-jsonl", "tau-bench", "openinference")
+IMPORT_FORMATS = ("auto", "openai-jsonl", "tau-bench", "otel", "openinference", "langfuse")
 EXPORT_FORMATS = ("openai-jsonl",)
+ROOT_ENV = "BCLONE_DATASET_ROOT"
+SKIPPED_SHOWN = 5
+"""How many skipped sources the import summary lists (the count covers all of them)."""
+
+# Importers that validate every row themselves, naming its line: the CLI need not re-check them.
+_SELF_VALIDATING = frozenset({"openai-jsonl", "tau-bench", "langfuse"})
+
+_FORMAT_HELP = (
+    "input format (default auto: guessed from the file's first bytes when unambiguous): openai-jsonl = OpenAI "
+    "fine-tuning JSONL or our own rows; tau-bench = a tau2 domain folder/tasks.json, tau-bench run trajectories or a "
+    "tau2 results file; otel / openinference = OpenTelemetry span exports (OpenInference, traceAI, GenAI semconv, "
+    "OpenLLMetry); langfuse = Langfuse observation export (JSONL)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``bclone: error:`` line naming the fix, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"bclone: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eval-fraction {text!r} is not a number; give a share in [0, 1], "
+                                         "e.g. 0.2") from None
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"--eval-fraction {text} is outside [0, 1]; give the share of rows put in "
+                                         "eval, e.g. 0.2")
+    return value
+
+
+def _add_root(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # SUPPRESS below the top: a --root given before the verb is not reset by the sub-parser's default.
+    p.add_argument("--root", default=None if top else argparse.SUPPRESS, metavar="DIR_OR_URI",
+                   help=f"dataset root (a directory or pyarrow URI such as s3://bucket/prefix), accepted before or "
+                        f"after the verb; default ${ROOT_ENV}, else ./bclone_datasets")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-bclone")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bclone", description="Manage pytest-bclone trajectory datasets.")
-    sub = p.add_subparsers(dest="group", required=True)
-    ds = sub.add_parser("dataset", help="dataset versions: import, export, ls, show, diff, validate")
-    ds.add_argument("--root", default=None,
-                    help="dataset root (dir or pyarrow URI); default $BCLONE_DATASET_ROOT or bclone_datasets")
-    cmds = ds.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="bclone", description="Manage pytest-bclone trajectory datasets.")
+    p.add_argument("--version", action="version", version=f"bclone (pytest-bclone) {_version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="group", required=True, metavar="{dataset}", parser_class=_Parser)
+    ds = sub.add_parser("dataset", help="dataset versions: import, build, export, ls, show, diff, validate")
+    _add_root(ds, top=True)
+    cmds = ds.add_subparsers(dest="cmd", required=True, parser_class=_Parser,
+                             metavar="{import,build,export,ls,show,diff,validate}")
 
     imp = cmds.add_parser("import", help="import a file as a new write-once version")
-    imp.add_argument("file")
-    imp.add_argument("--format", choices=IMPORT_FORMATS, default="openai-jsonl")
+    imp.add_argument("file", help="the file (or tau2 domain directory) to import")
+    imp.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help=_FORMAT_HELP)
     imp.add_argument("--name", required=True, help="dataset name, e.g. support")
     imp.add_argument("--version", required=True, help="new version, e.g. v8")
     imp.add_argument("--parent", default=None, help="the version this one derives from (lineage)")
     imp.add_argument("--cohort", action="append", default=[], help="cohort for rows that name none (repeatable)")
     imp.add_argument("--split", choices=("train", "eval"), default=None, help="force every row into one split")
-    imp.add_argument("--eval-fraction", type=float, default=0.2,
-                     help="share of rows put in eval (stable hash of the id) when rows name no split")
+    imp.add_argument("--eval-fraction", type=_fraction, default=0.2,
+                     help="share of rows put in eval (stable hash of the id) when rows name no split; in [0, 1]")
+    imp.add_argument("--strict", action="store_true",
+                     help="fail on the first unreadable trace/run instead of skipping and reporting it")
+    imp.add_argument("--keep-unknown-keys", action="store_true",
+                     help="keep unknown row keys under metadata.import_extra instead of refusing the row")
+    _add_root(imp)
+
+    #BUILD-PARSER
 
     exp = cmds.add_parser("export", help="export a version (OpenAI fine-tuning JSONL)")
-    exp.add_argument("ref")
-    exp.add_argument("--format", choices=EXPORT_FORMATS, default="openai-jsonl")
+    exp.add_argument("ref", help="the version to export: v8, support@v8, latest, or a version directory")
+    exp.add_argument("--format", choices=EXPORT_FORMATS, default="openai-jsonl",
+                     help="output format (OpenAI fine-tuning JSONL, what clones are trained on)")
     exp.add_argument("--split", choices=("train", "eval", "all"), default="train",
                      help="which split (default train: the rows a clone is fine-tuned on)")
     exp.add_argument("--with-ids", action="store_true", help="keep id, cohorts, split... so a re-import round-trips")
-    exp.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+    exp.add_argument("-o", "--output", default="-", help="output file (default stdout); its directory must exist")
+    _add_root(exp)
 
-    cmds.add_parser("ls", help="list datasets and versions")
-    show = cmds.add_parser("show", help="print a version's manifest")
-    show.add_argument("ref")
+    ls = cmds.add_parser("ls", help="list datasets and versions")
+    _add_root(ls)
+    show = cmds.add_parser("show", help="print a version's manifest (counts, toolset, lineage) as JSON")
+    show.add_argument("ref", help="the version: v8, support@v8, latest, or a version directory")
+    _add_root(show)
     diff = cmds.add_parser("diff", help="compare two versions")
-    diff.add_argument("a")
-    diff.add_argument("b")
+    diff.add_argument("a", help="the older version (v7, support@v7...)")
+    diff.add_argument("b", help="the newer version (v8, support@v8...)")
     diff.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_root(diff)
     val = cmds.add_parser("validate", help="check a file (every bad line) or a stored version (hashes)")
     val.add_argument("target", help="an import file, or a version ref such as v8")
-    val.add_argument("--format", choices=IMPORT_FORMATS, default="openai-jsonl")
+    val.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help=_FORMAT_HELP)
+    _add_root(val)
     return p
 
 
 def _root(args: argparse.Namespace) -> tuple[str, str]:
-    if args.root:
+    if getattr(args, "root", None):
         return args.root, "--root"
-    if os.environ.get("BCLONE_DATASET_ROOT"):
-        return os.environ["BCLONE_DATASET_ROOT"], "$BCLONE_DATASET_ROOT"
-    return "bclone_datasets", "the default root bclone_datasets"
-
-
-def _read_import(args: argparse.Namespace, path: str) -> list[dict[str, Any]]:
-    if args.format == "tau-bench":
-        from .dataset.tau_bench import read_tau_tasks
-
-        return read_tau_tasks(path, cohorts=args.cohort, split=args.split)
-    if args.format == "openinference":
-        from .dataset.openinference import read_openinference
-
-        return read_openinference(path, cohorts=args.cohort, split=args.split, eval_fraction=args.eval_fraction)
-    from .dataset.openai_jsonl import read_openai_jsonl
-
-    return read_openai_jsonl(path, cohorts=args.cohort, split=args.split, eval_fraction=args.eval_fraction)
+    if os.environ.get(ROOT_ENV):
+        return os.environ[ROOT_ENV], f"${ROOT_ENV}"
+    return "bclone_datasets", f"the default root bclone_datasets (no --root, ${ROOT_ENV} unset)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,43 +151,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `bclone dataset export v8 | head`: the reader left; that is not an error of ours.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"bclone: error: cannot access{where}: {exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bclone: error: interrupted; nothing was written (versions are written atomically)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("BCLONE_DEBUG"):
+            raise
+        print(f"bclone: error: unexpected {type(exc).__name__}: {exc}; this is a bug in bclone: rerun with "
+              "BCLONE_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 2
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .dataset.store import DatasetStore, load_ref
+def _store(args: argparse.Namespace, *, must_exist: bool) -> Any:
+    from .dataset.store import DatasetStore
 
     root, root_source = _root(args)
     store = DatasetStore(root, source=root_source)
+    if must_exist:
+        try:
+            store.check_root()
+        except DatasetNotFound:
+            raise DatasetNotFound(
+                f"dataset root {store.display!r} (from {root_source}) does not exist; pass --root DIR (before or "
+                f"after the verb) or set ${ROOT_ENV} to the directory holding your datasets, or create a version "
+                "with `bclone dataset import FILE --name NAME --version v1`"
+            ) from None
+    return store
+
+
+def _load(args: argparse.Namespace, ref: str, command: str) -> Any:
+    from .dataset.store import MANIFEST, load_ref
+
+    root, root_source = _root(args)
+    if not os.path.isfile(os.path.join(ref, MANIFEST)):
+        _store(args, must_exist=True)
+    return load_ref(ref, root, source=f"bclone dataset {command}", root_source=root_source)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "import":
-        from .dataset.store import check_name
+        return _import(args)
+    if args.cmd == "build":
+        from .dataset.build import run_build
 
-        check_name(args.name, "dataset name", "bclone dataset import --name")
-        check_name(args.version, "dataset version", "bclone dataset import --version")
-        rows = _read_import(args, args.file)
-        manifest = store.write_version(
-            args.name, args.version, rows, parent=args.parent, validate=False, source=args.file,
-            lineage={"imported_from": os.path.basename(args.file), "format": args.format,
-                     "cohorts": args.cohort, "split": args.split},
-        )
-        c = manifest["counts"]
-        print(f"wrote {args.name}@{args.version}: {c['trajectories']} trajectories, "
-              f"{sum(c['decision_points'].values())} decision points, splits {c['splits']}")
-        return 0
+        store = _store(args, must_exist=False)
+        root, root_source = _root(args)
+        return run_build(args, store, root, root_source)
     if args.cmd == "export":
-        from .dataset.openai_jsonl import write_openai_jsonl
-
-        version = load_ref(args.ref, root, source="bclone dataset export", root_source=root_source)
-        selected = version.select(args.split)
-        if args.output == "-":
-            n = write_openai_jsonl(selected, sys.stdout, with_ids=args.with_ids)
-        else:
-            tmp = args.output + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                n = write_openai_jsonl(selected, f, with_ids=args.with_ids)
-            os.replace(tmp, args.output)  # a reader never sees half a file
-        print(f"exported {n} {args.split} trajectories of {version.ref}", file=sys.stderr)
-        return 0
+        return _export(args)
     if args.cmd == "ls":
+        store = _store(args, must_exist=True)
         names = store.names()
         for name in names:
             print(f"{name}: {', '.join(store.versions(name)) or '(no complete version)'}")
@@ -141,51 +213,170 @@ def _run(args: argparse.Namespace) -> int:
             print(f"no datasets under {store.display}")
         return 0
     if args.cmd == "show":
-        version = load_ref(args.ref, root, source="bclone dataset show", root_source=root_source)
+        version = _load(args, args.ref, "show")
         print(json.dumps({**version.manifest, "fingerprint": version.fingerprint}, indent=2, sort_keys=True))
         return 0
     if args.cmd == "diff":
         from .dataset.diff import diff_versions
 
-        a = load_ref(args.a, root, source="bclone dataset diff", root_source=root_source)
-        b = load_ref(args.b, root, source="bclone dataset diff", root_source=root_source)
+        a = _load(args, args.a, "diff")
+        b = _load(args, args.b, "diff")
         d = diff_versions(a, b)
         print(json.dumps(d.to_dict(), indent=2) if args.json else "\n".join(d.lines()))
         return 0
     if args.cmd == "validate":
-        return _validate(args, root, root_source)
+        return _validate(args)
     raise AssertionError(args.cmd)
 
 
-def _validate(args: argparse.Namespace, root: str, root_source: str) -> int:
-    from .dataset.schema import validate_row
-    from .dataset.store import load_ref
+def import_rows(
+    path: str, fmt: str, options: Any, skipped: list[Any]
+) -> tuple[str, Iterator[dict[str, Any]]]:
+    """(resolved format, streamed valid rows) of an import file; rows failing validation are
+    skipped and reported (or raise under ``options.strict``)."""
+    from .dataset.importers import get_importer, sniff_format
 
-    is_import_file = os.path.isfile(args.target) or (args.format == "tau-bench" and os.path.isdir(args.target))
-    if not is_import_file:
-        v = load_ref(args.target, root, source="bclone dataset validate", root_source=root_source)
+    if fmt == "auto":
+        fmt = sniff_format(path)
+    rows = get_importer(fmt)(path, options, skipped)
+    if fmt not in _SELF_VALIDATING:
+        rows = _checked(rows, path, options, skipped)
+    return fmt, rows
+
+
+def _checked(rows: Iterable[dict[str, Any]], path: str, options: Any, skipped: list[Any]) -> Iterator[dict[str, Any]]:
+    from .dataset.importers import skip_or_raise
+    from .dataset.schema import validate_row
+
+    for row in rows:
+        where = f"{path}: row {row.get('id', '?')!r}"
+        try:
+            validate_row(row, where)
+        except BcloneError as exc:
+            skip_or_raise(exc, where, options, skipped)
+            continue
+        yield row
+
+
+def write_rows(store: Any, name: str, version: str, rows: Iterable[dict[str, Any]], *, parent: str | None,
+               lineage: dict[str, Any], source: str) -> dict[str, Any]:
+    """Write validated rows as a new version, streamed when the store supports it."""
+    if hasattr(store, "write_version_stream"):
+        manifest: dict[str, Any] = store.write_version_stream(name, version, rows, parent=parent, lineage=lineage,
+                                                              source=source)
+    else:
+        manifest = store.write_version(name, version, rows, parent=parent, validate=False, source=source,
+                                       lineage=lineage)
+    return manifest
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .dataset.importers import ImportOptions, SkippedSource
+    from .dataset.store import check_name
+
+    check_name(args.name, "dataset name", "bclone dataset import --name")
+    check_name(args.version, "dataset version", "bclone dataset import --version")
+    options = ImportOptions(cohorts=tuple(args.cohort), split=args.split, eval_fraction=args.eval_fraction,
+                            strict=args.strict, keep_unknown_keys=args.keep_unknown_keys)
+    skipped: list[SkippedSource] = []
+    fmt, rows = import_rows(args.file, args.format, options, skipped)
+    first = next(rows, None)  # nothing is written when nothing imports
+    if first is None:
+        raise ConfigError(f"no trajectory imported from {args.file} (format {fmt}): " + (
+            f"{len(skipped)} source(s) skipped, the first: {skipped[0].where}: {skipped[0].reason}" if skipped
+            else "the file holds none") + "; fix the file or choose the right --format")
+    store = _store(args, must_exist=False)
+    lineage = {"imported_from": os.path.basename(args.file), "format": fmt, "cohorts": args.cohort,
+               "split": args.split, "eval_fraction": args.eval_fraction, "strict": args.strict}
+    manifest = write_rows(store, args.name, args.version, itertools.chain([first], rows), parent=args.parent,
+                          lineage={**lineage, "skipped_sources": len(skipped)}, source=args.file)
+    c = manifest["counts"]
+    print(f"wrote {args.name}@{args.version}: {c['trajectories']} trajectories, "
+          f"{sum(c['decision_points'].values())} decision points, splits {c['splits']}")
+    print(f"imported {c['trajectories']} rows from {args.file} (format {fmt})")
+    _print_skipped(skipped)
+    return 0
+
+
+def _print_skipped(skipped: Sequence[Any]) -> None:
+    if not skipped:
+        print("skipped sources: 0")
+        return
+    print(f"skipped sources: {len(skipped)} (not imported; --strict fails on them instead)")
+    for s in skipped[:SKIPPED_SHOWN]:
+        print(f"  {s.where}: {s.reason}")
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .dataset.openai_jsonl import write_openai_jsonl
+
+    if args.output != "-":
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise ConfigError(f"-o {args.output} is a directory; give a file path, e.g. {args.output.rstrip('/')}"
+                              "/train.jsonl")
+        if not os.path.isdir(out_dir):
+            raise ConfigError(f"-o {args.output}: directory {out_dir} does not exist; create it first "
+                              f"(mkdir -p {out_dir}) or write elsewhere")
+    version = _load(args, args.ref, "export")
+    selected = version.select(args.split)
+    if args.output == "-":
+        n = write_openai_jsonl(selected, sys.stdout, with_ids=args.with_ids)
+    else:
+        tmp = args.output + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = write_openai_jsonl(selected, f, with_ids=args.with_ids)
+            os.replace(tmp, args.output)  # a reader never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    print(f"exported {n} {args.split} trajectories of {version.ref}", file=sys.stderr)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .dataset.importers import ImportOptions, SkippedSource, sniff_format
+
+    is_file = os.path.isfile(args.target) or (os.path.isdir(args.target) and not os.path.isfile(
+        os.path.join(args.target, "manifest.json")) and os.path.isfile(os.path.join(args.target, "tasks.json")))
+    if not is_file:
+        v = _load(args, args.target, "validate")
         print(f"{v.ref}: {len(v.trajectories)} trajectories, every file matches its sha256 ({v.fingerprint})")
         return 0
-    if args.format != "openai-jsonl":
-        args.cohort, args.split, args.eval_fraction = [], None, 0.2
-        rows = _read_import(args, args.target)
-        print(f"{args.target}: {len(rows)} valid rows")
-        return 0
+    fmt = sniff_format(args.target) if args.format == "auto" else args.format
+    if fmt == "openai-jsonl":
+        return _validate_jsonl(args.target)
+    skipped: list[SkippedSource] = []
+    options = ImportOptions(strict=False)
+    _, rows = import_rows(args.target, fmt, options, skipped)
+    good = sum(1 for _ in rows)
+    for s in skipped:
+        print(f"{s.where}: {s.reason}")
+    print(f"{args.target}: {good} valid, {len(skipped)} invalid ({fmt})")
+    return 1 if skipped else 0
+
+
+def _validate_jsonl(path: str) -> int:
     from .dataset.openai_jsonl import iter_openai_jsonl
+    from .dataset.schema import validate_row
 
     bad = good = 0
-    try:
-        for lineno, row in iter_openai_jsonl(args.target):
-            try:
-                validate_row(row, f"{args.target}:{lineno}")
-                good += 1
-            except BcloneError as exc:
-                print(exc)
-                bad += 1
-    except BcloneError as exc:  # a line that is not JSON stops the reader: report it with the others
+
+    def report(exc: BcloneError) -> None:
+        nonlocal bad
         print(exc)
         bad += 1
-    print(f"{args.target}: {good} valid, {bad} invalid")
+
+    for lineno, row in iter_openai_jsonl(path, on_error=report):
+        try:
+            validate_row(row, f"{path}:{lineno}")
+            good += 1
+        except BcloneError as exc:
+            report(exc)
+    print(f"{path}: {good} valid, {bad} invalid")
     return 1 if bad else 0
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
-from ..errors import ImportFormatError, RowError
+from ..errors import BcloneError, ImportFormatError, RowError
 from ..records import Trajectory
-from .schema import canonical_json, trajectory_to_row, validate_row
+from .importers import ImportOptions, SkippedSource, iter_text_lines
+from .schema import canonical_json, trajectory_to_row, unknown_keys_message, validate_row
 
 _OUR_KEYS = ("id", "cohorts", "split", "expected", "expert_scores", "metadata")
 
@@ -29,9 +30,12 @@ def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         msg = dict(m)
         if msg.get("role") == "assistant":
             msg.setdefault("content", None)
-            if msg.get("tool_calls"):
+            if msg.get("tool_calls") and type(msg["tool_calls"]) is list:
                 calls = []
                 for tc in msg["tool_calls"]:
+                    if type(tc) is not dict or type(tc.get("function") or {}) is not dict:
+                        calls.append(tc)  # malformed: kept as given, validation names it
+                        continue
                     fn = dict(tc.get("function") or {})
                     args = fn.get("arguments")
                     if isinstance(args, Mapping):
@@ -43,7 +47,7 @@ def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                             pass  # keep malformed arguments as recorded: the store loses nothing
                     calls.append({**tc, "type": tc.get("type", "function"), "function": fn})
                 msg["tool_calls"] = calls
-            elif "tool_calls" in msg:
+            elif "tool_calls" in msg and not msg["tool_calls"]:
                 del msg["tool_calls"]  # an empty list means no call
         out.append(msg)
     return out
@@ -65,15 +69,28 @@ def read_openai_jsonl(
     """Read and validate every line of ``path``; returns rows. The first bad line raises RowError.
 
     ``split`` forces every row's split; otherwise a row's own ``split`` key, else a stable hash of
-    its id puts ``eval_fraction`` of rows in ``eval``.
+    its id puts ``eval_fraction`` of rows in ``eval``. (A list-returning wrapper of
+    :func:`iter_rows`, kept for callers that want every row at once.)
     """
-    rows = []
-    for lineno, row in iter_openai_jsonl(path, cohorts=cohorts, split=split, eval_fraction=eval_fraction):
-        validate_row(row, f"{path}:{lineno}")
-        rows.append(row)
+    options = ImportOptions(cohorts=tuple(cohorts), split=split, eval_fraction=eval_fraction, strict=True)
+    rows = list(iter_rows(path, options, []))
     if not rows:
         raise ImportFormatError(f"{path} holds no trajectories (every line is blank); expected OpenAI chat JSONL")
     return rows
+
+
+def iter_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -> Iterator[dict[str, Any]]:
+    """The ``openai-jsonl`` importer: stream validated rows, one per line, in bounded memory.
+
+    This is our own row format, so a bad line is an error naming ``file:line`` (not a skipped
+    source): a wrong line means a wrong file. Unknown keys are refused unless
+    ``options.keep_unknown_keys`` (then kept under ``metadata.import_extra``).
+    """
+    for lineno, row in iter_openai_jsonl(path, cohorts=options.cohorts, split=options.split,
+                                         eval_fraction=options.eval_fraction,
+                                         keep_unknown_keys=options.keep_unknown_keys):
+        validate_row(row, f"{path}:{lineno}")
+        yield row
 
 
 def iter_openai_jsonl(
@@ -82,20 +99,17 @@ def iter_openai_jsonl(
     cohorts: Sequence[str] = (),
     split: str | None = None,
     eval_fraction: float = 0.2,
+    keep_unknown_keys: bool = False,
+    on_error: Callable[[BcloneError], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, row) for every non-blank line, unvalidated (``validate`` lists all problems).
 
-    A line without an ``id`` gets ``<file stem>-<line number>``.
+    A line without an ``id`` gets ``<file stem>-<line number>``. A line that is not UTF-8, not
+    JSON or has unknown keys raises, or with ``on_error`` is reported there and skipped.
     """
     stem = os.path.splitext(os.path.basename(path))[0]
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed by the `with f` below; opened apart to name the error)
-    except OSError as exc:
-        raise ImportFormatError(f"cannot read import file {path!r}: {exc.strerror}; check the path") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for lineno, line in iter_text_lines(path, "OpenAI chat JSONL", on_error):
+        try:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -103,29 +117,50 @@ def iter_openai_jsonl(
                     f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
                     "JSON object {\"messages\": [...], \"tools\": [...]}"
                 ) from None
-            yield lineno, _line_to_row(obj, lineno, cohorts, split, eval_fraction, stem)
+            row = _line_to_row(obj, f"{path}:{lineno}", lineno, cohorts, split, eval_fraction, stem,
+                               keep_unknown_keys)
+        except BcloneError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        yield lineno, row
+
+
+_LINE_KEYS = ("messages", "tools", *_OUR_KEYS, "parallel_tool_calls")
+_LINE_KEYSET = frozenset(_LINE_KEYS)
 
 
 def _line_to_row(
-    obj: Any, lineno: int, cohorts: Sequence[str], split: str | None, eval_fraction: float, stem: str
+    obj: Any, where: str, lineno: int, cohorts: Sequence[str], split: str | None, eval_fraction: float, stem: str,
+    keep_unknown_keys: bool,
 ) -> dict[str, Any]:
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         return {"_not_an_object": obj}  # validate_row names the problem with its line
-    row_id = str(obj.get("id") or f"{stem}-{lineno:06d}")
+    row_id = obj.get("id")
+    if row_id is None or row_id == "":
+        row_id = f"{stem}-{lineno:06d}"
+    get = obj.get
+    # Values are kept as given (not coerced) so that validation sees a wrong type: a cohorts
+    # string "c1" must be refused, not split into cohorts "c" and "1".
+    msgs = get("messages")
     row: dict[str, Any] = {
         "id": row_id,
-        "cohorts": list(obj.get("cohorts") or cohorts),
-        "split": split or obj.get("split") or _eval_split(row_id, eval_fraction),
-        "messages": normalise_messages(obj["messages"]) if isinstance(obj.get("messages"), list)
-        else obj.get("messages"),
-        "tools": obj.get("tools") or [],
-        "expected": obj.get("expected"),
-        "expert_scores": obj.get("expert_scores") or {},
-        "metadata": obj.get("metadata") or {},
+        "cohorts": list(cohorts) if get("cohorts") is None else obj["cohorts"],
+        "split": split or get("split") or (_eval_split(row_id, eval_fraction) if isinstance(row_id, str) else "eval"),
+        "messages": normalise_messages(msgs) if type(msgs) is list and all(type(m) is dict for m in msgs) else msgs,
+        "tools": [] if get("tools") is None else obj["tools"],
+        "expected": get("expected"),
+        "expert_scores": {} if get("expert_scores") is None else obj["expert_scores"],
+        "metadata": {} if get("metadata") is None else obj["metadata"],
     }
-    unknown = set(obj) - set(_OUR_KEYS) - {"messages", "tools", "parallel_tool_calls"}
-    if unknown:
-        row["metadata"] = {**row["metadata"], "import_extra": {k: obj[k] for k in sorted(unknown)}}
+    if not obj.keys() <= _LINE_KEYSET:
+        unknown = [k for k in obj if k not in _LINE_KEYSET]
+        if unknown:
+            if not keep_unknown_keys:
+                raise RowError(unknown_keys_message(where, row_id, sorted(unknown), _LINE_KEYS))
+            meta = row["metadata"] if isinstance(row["metadata"], dict) else {}
+            row["metadata"] = {**meta, "import_extra": {k: obj[k] for k in sorted(unknown)}}
     return row
 
 

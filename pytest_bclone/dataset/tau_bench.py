@@ -48,17 +48,19 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import json
 import operator
 import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ImportFormatError, RowError
+from ..errors import BcloneError, ImportFormatError, RowError
+from .importers import ImportOptions, SkippedSource
 from .openai_jsonl import _eval_split, normalise_messages
 from .schema import canonical_json, validate_row
 
@@ -117,6 +119,19 @@ def read_tau_tasks(path: str, *, cohorts: Sequence[str] = (), split: str | None 
         validate_row(row, source)
         rows.append(row)
     return rows
+
+
+def iter_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -> Iterator[dict[str, Any]]:
+    """The ``tau-bench`` importer: a tau2 domain (directory or tasks.json), or a recorded-runs file.
+
+    Recorded runs are tau-bench's historical trajectories (a JSON list of ``{task_id, trial,
+    reward, info, traj}``) and tau2-bench results files (``{"info", "tasks", "simulations"}``);
+    see :func:`iter_run_rows`.
+    """
+    if not os.path.isdir(path) and is_runs_file(path):
+        yield from iter_run_rows(path, options, skipped)
+        return
+    yield from read_tau_tasks(path, cohorts=options.cohorts, split=options.split)
 
 
 def tool_to_openai(tool: Mapping[str, Any], source: str = "tools.json") -> dict[str, Any]:
@@ -458,6 +473,330 @@ def _task_to_row(
 
 
 # --------------------------------------------------------------------------------------------
+# Recorded runs: tau-bench trajectories and tau2-bench results files
+# --------------------------------------------------------------------------------------------
+_MSG_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+_NON_EVALUABLE = frozenset({"infrastructure_error", "context_window_exceeded"})  # tau2 leaves them out of metrics
+_DOMAIN_WORDS = ("retail", "airline", "telecom", "mock")
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (optional nested fields)."""
+    return value if isinstance(value, dict) else {}
+
+
+def is_runs_file(path: str) -> bool:
+    """True when ``path`` looks like recorded runs (a tau-bench run list or a tau2 results file)."""
+    if os.path.basename(path) == "tasks.json" or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(65536).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if head.startswith("["):
+        return '"traj"' in head or ('"task_id"' in head and '"reward"' in head)
+    return head.startswith("{") and '"simulations"' in head
+
+
+def _load_runs_json(path: str) -> Any:
+    from .importers import open_checked
+
+    with open_checked(path, "a tau-bench runs JSON file") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ImportFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {col}); "
+                                "re-export the runs file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        lineno, colno = getattr(exc, "lineno", "?"), getattr(exc, "colno", "?")
+        raise ImportFormatError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)} at column {colno}); "
+                                "expected tau-bench runs (a JSON list of {task_id, trial, reward, info, traj}) or a "
+                                "tau2 results file ({\"tasks\", \"simulations\"})") from None
+
+
+def iter_run_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -> Iterator[dict[str, Any]]:
+    """Rows of a recorded-runs file: one per run (task x trial), validated.
+
+    * the run's reward becomes ``expert_scores.task_completion`` (tau2's reward breakdown and
+      tau-bench's ``r_actions``/``r_outputs`` are kept as further ``expert_scores``);
+    * the task's gold actions (``info.task.actions`` in tau-bench, the results file's ``tasks``
+      in tau2) become ``expected.actions``, its outputs/``communicate_info`` ``expected.outputs``;
+    * task id, trial, domain, simulation id and timestamps go to metadata;
+    * every trial of one task lands in the same split (a stable hash of domain + task id), so a
+      task is never on both sides.
+
+    A run that cannot become a row (a failed run, no reward, no assistant turn...) is skipped
+    and reported with its index, task and trial, or raises under ``options.strict``.
+
+    A run list is one JSON document, so it is parsed whole (unlike JSONL imports, which
+    stream); a results file of a few thousand runs is a few hundred MB at most.
+    """
+    from .importers import skip_or_raise
+
+    data = _load_runs_json(path)
+    if isinstance(data, list):
+        units = _tau_bench_runs(path, data, options)
+    elif isinstance(data, dict) and isinstance(data.get("simulations"), list):
+        units = _tau2_runs(path, data, options)
+    else:
+        raise ImportFormatError(f"{path} holds a JSON {type(data).__name__} without \"simulations\"; expected "
+                                "tau-bench runs (a JSON list of {task_id, trial, reward, info, traj}) or a tau2 "
+                                "results file ({\"info\", \"tasks\", \"simulations\"})")
+    seen: set[str] = set()
+    for where, build in units:
+        try:
+            row = build()
+            if row["id"] in seen:
+                raise RowError(f"{where}: run {row['id']!r} appears twice in the file; keep one")
+            validate_row(row, where)
+        except BcloneError as exc:
+            skip_or_raise(exc, where, options, skipped)
+            continue
+        seen.add(row["id"])
+        yield row
+
+
+def _clean_message(m: Any, where: str, k: int) -> dict[str, Any]:
+    if not isinstance(m, Mapping):
+        raise RowError(f"{where}: message {k} is a JSON {type(m).__name__}; expected an OpenAI chat message")
+    msg = {key: m[key] for key in _MSG_KEYS if key in m and m[key] is not None}
+    if m.get("role") == "assistant":
+        msg.setdefault("content", None)
+        if not m.get("tool_calls"):
+            msg.pop("tool_calls", None)
+        else:
+            msg["tool_calls"] = [
+                {"id": tc.get("id"), "type": "function",
+                 "function": {"name": (tc.get("function") or {}).get("name"),
+                              "arguments": (tc.get("function") or {}).get("arguments", "{}")}}
+                if isinstance(tc, Mapping) else tc
+                for tc in m["tool_calls"]
+            ]
+    elif msg.get("role") in ("system", "user", "tool"):
+        msg.setdefault("content", "")
+    return msg
+
+
+def _reward(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RowError(f"{where}: reward {value!r} is not a number in [0, 1]; a recorded run needs its reward")
+    return float(value)
+
+
+def _guess_domain(messages: Sequence[Any], path: str) -> str:
+    # tau-bench writes no domain into a run: its system prompt (the domain's policy) names it,
+    # e.g. "# Retail agent policy"; failing that, the file name usually does.
+    if messages and isinstance(messages[0], Mapping) and messages[0].get("role") == "system":
+        head = str(messages[0].get("content") or "")[:200].lower()
+        for word in _DOMAIN_WORDS:
+            if word in head:
+                return word
+    base = os.path.basename(path).lower()
+    return next((w for w in _DOMAIN_WORDS if w in base), "unknown")
+
+
+def _tau_bench_runs(path: str, data: list[Any], options: ImportOptions) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    for i, run in enumerate(data):
+        if not isinstance(run, Mapping):
+            where = f"{path}[run {i}]"
+
+            def bad(where: str = where, run: Any = run) -> dict[str, Any]:
+                raise RowError(f"{where}: a run is a JSON {type(run).__name__}; expected {{task_id, trial, reward, "
+                               "info, traj}")
+            yield where, bad
+            continue
+        where = f"{path}[run {i}] (task {run.get('task_id')!r}, trial {run.get('trial')!r})"
+        yield where, functools.partial(_tau_bench_row, run, where, path, options)
+
+
+def _tau_bench_row(run: Mapping[str, Any], where: str, path: str, options: ImportOptions) -> dict[str, Any]:
+    info = _obj(run.get("info"))
+    if info.get("error"):
+        raise RowError(f"{where}: the run failed ({str(info['error'])[:120]}); it holds no expert trajectory")
+    traj = run.get("traj")
+    if not isinstance(traj, list) or not traj:
+        raise RowError(f"{where}: field traj is {'empty' if isinstance(traj, list) else 'missing'}; a recorded run "
+                       "needs its messages")
+    if run.get("task_id") is None:
+        raise RowError(f"{where}: field task_id is missing; every run names its task")
+    reward = _reward(run.get("reward"), where)
+    messages = [_clean_message(m, where, k) for k, m in enumerate(traj)]
+    if not any(m.get("role") == "assistant" for m in messages):
+        raise RowError(f"{where}: the run has no assistant turn, so no decision point to learn from; "
+                       "drop the run or record the agent's replies")
+    domain = str(info.get("domain") or _guess_domain(messages, path))
+    task = _obj(info.get("task"))
+    task_id, trial = str(run["task_id"]), run.get("trial", 0)
+    row_id = f"tau-{domain}-{task_id}-t{trial}"
+    gold = task.get("actions") or []
+    expected: dict[str, Any] = {
+        "actions": [{"name": a.get("name"), "arguments": a.get("kwargs", a.get("arguments")) or {}}
+                    for a in gold if isinstance(a, Mapping)],
+        "outputs": [str(o) for o in task.get("outputs") or ()],
+    }
+    scores = {"task_completion": reward}
+    reward_info = _obj(info.get("reward_info"))
+    detail = _obj(reward_info.get("info"))
+    for key in ("r_actions", "r_outputs"):
+        v = detail.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+            scores[key] = float(v)
+    metadata: dict[str, Any] = {
+        "source": "tau-bench run", "run_file": os.path.basename(path), "domain": domain, "task_id": task_id,
+        "trial": trial, "intent": "+".join(sorted({a["name"] for a in expected["actions"] if a["name"]})) or "none",
+    }
+    for key in ("user_id", "instruction"):
+        if task.get(key) is not None:
+            metadata[key] = task[key]
+    for key in ("user_cost", "total_cost", "source"):
+        if info.get(key) is not None:
+            metadata["tau_" + key if key == "source" else key] = info[key]
+    return _run_row(row_id, domain, task_id, messages, [], expected, scores, metadata, options)
+
+
+def _tau2_runs(path: str, data: Mapping[str, Any], options: ImportOptions) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    info = _obj(data.get("info"))
+    env = _obj(info.get("environment_info"))
+    domain = str(env.get("domain_name") or _guess_domain([], path))
+    policy = env.get("policy")
+    tools = _tau2_tools(env.get("tool_defs"), path)
+    tasks = {str(t.get("id")): t for t in data.get("tasks") or () if isinstance(t, Mapping)}
+    for i, sim in enumerate(data["simulations"]):
+        tid = sim.get("task_id") if isinstance(sim, Mapping) else None
+        where = f"{path}[simulation {i}] (task {tid!r}, trial {sim.get('trial') if isinstance(sim, Mapping) else None!r})"
+        yield where, functools.partial(_tau2_row, sim, where, domain, policy, tools, tasks, options)
+
+
+def _tau2_tools(tool_defs: Any, path: str) -> list[dict[str, Any]]:
+    """OpenAI tools from the results file's ``info.environment_info.tool_defs`` (when present)."""
+    out: list[dict[str, Any]] = []
+    items = tool_defs.items() if isinstance(tool_defs, Mapping) else (
+        ((t.get("name") if isinstance(t, Mapping) else None), t) for t in tool_defs or ())
+    for name, spec in items:
+        if isinstance(spec, Mapping) and spec.get("type") == "function" and isinstance(spec.get("function"), Mapping):
+            out.append({"type": "function", "function": dict(spec["function"])})
+            continue
+        if isinstance(spec, Mapping) and isinstance(spec.get("openai_schema"), Mapping):
+            out.append(dict(spec["openai_schema"]))
+            continue
+        fn: dict[str, Any] = {"name": str(name or (spec.get("name") if isinstance(spec, Mapping) else ""))}
+        if isinstance(spec, Mapping):
+            desc = spec.get("description") or spec.get("short_desc")
+            if desc:
+                fn["description"] = str(desc)
+            params = spec.get("parameters") or spec.get("params")
+            fn["parameters"] = dict(params) if isinstance(params, Mapping) else {"type": "object", "properties": {}}
+        elif isinstance(spec, str):
+            fn["description"] = spec
+            fn["parameters"] = {"type": "object", "properties": {}}
+        if fn["name"]:
+            out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tau2_message(m: Any, where: str, k: int) -> dict[str, Any] | None:
+    """A tau2 message as an OpenAI one; None for the user's own tool traffic (telecom's user tools)."""
+    if not isinstance(m, Mapping):
+        raise RowError(f"{where}: message {k} is a JSON {type(m).__name__}; expected a tau2 message")
+    role = m.get("role")
+    if role == "tool":
+        if m.get("requestor") == "user":
+            return None
+        return {"role": "tool", "tool_call_id": str(m.get("id") or ""), "content": str(m.get("content") or "")}
+    if role == "assistant":
+        msg: dict[str, Any] = {"role": "assistant", "content": m.get("content")}
+        calls = [tc for tc in m.get("tool_calls") or () if isinstance(tc, Mapping)]
+        if calls:
+            msg["tool_calls"] = [
+                {"id": str(tc.get("id") or f"call_{k}_{j}"), "type": "function",
+                 "function": {"name": tc.get("name"), "arguments": canonical_json(tc.get("arguments") or {})
+                              if isinstance(tc.get("arguments"), Mapping) else str(tc.get("arguments") or "{}")}}
+                for j, tc in enumerate(calls)
+            ]
+        return msg
+    if role in ("user", "system"):
+        if not m.get("content"):
+            return None  # a user turn that only ran the user's own tools
+        return {"role": role, "content": str(m["content"])}
+    raise RowError(f"{where}: message {k} has role {role!r}; expected system, user, assistant or tool")
+
+
+def _tau2_row(sim: Any, where: str, domain: str, policy: Any, tools: list[dict[str, Any]],
+              tasks: Mapping[str, Any], options: ImportOptions) -> dict[str, Any]:
+    if not isinstance(sim, Mapping):
+        raise RowError(f"{where}: a simulation is a JSON {type(sim).__name__}; expected a tau2 SimulationRun")
+    reason = str(sim.get("termination_reason") or "")
+    if reason in _NON_EVALUABLE:
+        raise RowError(f"{where}: terminated by {reason}, which tau2 counts as not evaluable; rerun that task")
+    reward_info = sim.get("reward_info")
+    if not isinstance(reward_info, Mapping):
+        raise RowError(f"{where}: no reward_info: the run was not evaluated; evaluate it with tau2 first")
+    reward = _reward(reward_info.get("reward"), where)
+    raw = sim.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise RowError(f"{where}: field messages is empty or missing; a recorded run needs its messages")
+    messages = [c for k, m in enumerate(raw) if (c := _tau2_message(m, where, k)) is not None]
+    # Tool results answer calls the assistant made: drop any orphan (e.g. a user tool's echo).
+    made = {tc["id"] for m in messages for tc in m.get("tool_calls") or ()}
+    messages = [m for m in messages if m["role"] != "tool" or m["tool_call_id"] in made]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError(f"{where}: the run has no assistant turn, so no decision point to learn from; "
+                       "drop the run or record the agent's replies")
+    if isinstance(policy, str) and policy and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": policy})
+    task_id = str(sim.get("task_id"))
+    trial = sim.get("trial")
+    row_id = f"tau2-{domain}-{task_id}-t{trial if trial is not None else sim.get('id')}"
+    task = tasks.get(task_id) or {}
+    crit = _obj(task.get("evaluation_criteria"))
+    gold = [a for a in crit.get("actions") or () if isinstance(a, Mapping) and a.get("requestor", "assistant")
+            == "assistant"]
+    expected: dict[str, Any] = {"actions": [{"name": a.get("name"), "arguments": a.get("arguments") or {}}
+                                            for a in gold],
+                "outputs": [str(o) for o in crit.get("communicate_info") or ()]}
+    scores = {"task_completion": reward}
+    for k, v in _obj(reward_info.get("reward_breakdown")).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+            scores[f"reward_{str(k).lower()}"] = float(v)
+    metadata: dict[str, Any] = {
+        "source": "tau2-bench results", "domain": domain, "task_id": task_id, "trial": trial,
+        "simulation_id": sim.get("id"),
+        "intent": "+".join(sorted({a["name"] for a in expected["actions"] if a["name"]})) or "none",
+    }
+    for key in ("timestamp", "start_time", "end_time", "duration", "termination_reason", "agent_cost", "user_cost",
+                "seed"):
+        if sim.get(key) is not None:
+            metadata[key] = sim[key]
+    return _run_row(row_id, domain, task_id, messages, tools, expected, scores, metadata, options)
+
+
+def _run_row(row_id: str, domain: str, task_id: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+             expected: dict[str, Any], scores: dict[str, float], metadata: dict[str, Any],
+             options: ImportOptions) -> dict[str, Any]:
+    if not tools:
+        # tau-bench's run files carry no tool definitions; the names the run called are the best
+        # the file offers. Marked, so a gate does not mistake them for the real schemas.
+        names = sorted({tc["function"]["name"] for m in messages for tc in m.get("tool_calls") or ()
+                        if isinstance(tc.get("function", {}).get("name"), str)})
+        tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in names]
+        metadata["tools_inferred_from_calls"] = True
+    return {
+        "id": row_id,
+        "cohorts": list(options.cohorts),
+        # All trials of a task share a split: the hash of the task, not of the run.
+        "split": options.split or _eval_split(f"{domain}-{task_id}", options.eval_fraction),
+        "messages": normalise_messages(messages),
+        "tools": tools,
+        "expected": expected,
+        "expert_scores": scores,
+        "metadata": metadata,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # The retail environment, replayed over db.json
 # --------------------------------------------------------------------------------------------
 class ToolCallError(Exception):
@@ -752,6 +1091,9 @@ __all__ = [
     "ToolCallError",
     "annotation_schema",
     "derived_cohorts",
+    "is_runs_file",
+    "iter_rows",
+    "iter_run_rows",
     "read_tau_tasks",
     "tool_to_openai",
 ]
