@@ -149,6 +149,12 @@ OPTIONS: tuple[Option, ...] = (
            ini=True),
     Option("expert_params", "extra litellm parameters for the expert as a JSON object (ini only)", {},
            _json_object, ini=True),
+    Option("user", "rollout mode: who answers the agent between its turns: recorded (the next recorded user "
+           "message, whatever the agent said), python:module:callable (a factory taking the trajectory), or a "
+           "litellm model string (an LLM plays the customer from the trajectory's instructions); a "
+           "pytest_bclone_make_user hook is asked first", "recorded", metavar="SPEC"),
+    Option("user_params", "extra litellm parameters for an LLM user as a JSON object (ini only)", {},
+           _json_object, ini=True),
     Option("mode", "step: ask each agent at every recorded state (teacher forcing); rollout: each agent "
            "drives the whole episode in the suite's environment", "step", _choice(MODES)),
     Option("concurrency", "maximum model calls in flight", 16, _int(1, 4096), metavar="N"),
@@ -197,7 +203,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH"),
 )
 
-_INI_ONLY = {"clone_params", "expert_params", "cohort_metrics", "state_changing_tools", "read_only_tools"}
+_INI_ONLY = {"clone_params", "expert_params", "user_params", "cohort_metrics", "state_changing_tools", "read_only_tools"}
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,8 @@ class BcloneConfig:
     expert: str = "recorded"
     clone_params: Mapping[str, Any] = field(default_factory=dict)
     expert_params: Mapping[str, Any] = field(default_factory=dict)
+    user: str = "recorded"
+    user_params: Mapping[str, Any] = field(default_factory=dict)
     mode: str = "step"
     concurrency: int = 16
     repeats: int = 1

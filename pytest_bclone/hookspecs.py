@@ -11,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .agents.base import Agent
+    from .agents.user import User
     from .records import Trajectory
 
 
@@ -37,6 +38,27 @@ def pytest_bclone_make_environment(trajectory: Trajectory) -> Any:
 
         def pytest_bclone_make_environment(trajectory):
             return RetailEnvironment(seed_db_for(trajectory))
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_bclone_make_user(trajectory: Trajectory, config: pytest.Config) -> User | None:
+    """Return the customer who answers the agent in one rollout episode of ``trajectory``
+    (``--bclone-mode rollout``), or None to let ``--bclone-user`` decide (``recorded``: the next
+    recorded user message; ``python:mod:factory``; or a litellm model string: an LLM user).
+
+    Called once per episode, for the clone and for a live expert alike (the same user process
+    for both; the recorded expert's episode is its recording). The user has
+    ``respond(messages) -> str | None | UserTurn`` (sync or async; None ends the conversation) and
+    optionally a ``name`` for the report. Asked before ``--bclone-user``: to let an explicit
+    option win, return None when it is given.
+
+    Example::
+
+        def pytest_bclone_make_user(trajectory, config):
+            if config.getoption("bclone_user"):       # an explicit --bclone-user wins
+                return None
+            return ScriptedCustomer(trajectory)        # answers whatever the agent asks
     """
 
 

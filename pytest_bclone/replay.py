@@ -11,7 +11,9 @@ JSON-able records that cross the pytest-xdist channel (``to_dict`` / ``from_dict
 
 ``step`` mode (:func:`run_replay`) asks every agent at every decision point, once per repeat
 (teacher forcing). ``rollout`` mode (:func:`run_rollouts`) lets each agent drive each episode: tool
-calls run in an :class:`Environment` from the suite, user turns are replayed from the recording.
+calls run in an :class:`Environment` from the suite, and a :class:`~pytest_bclone.agents.user.User`
+answers the agent between its turns: by default the recorded user turns (``recorded``), or the
+suite's simulator, an LLM user, or a scripted one (``user_factory``; ``--bclone-user``).
 
 Concurrency is a pool of ``concurrency`` workers, so at most that many agent calls (or episodes)
 are in flight however many states there are. Timeouts, retries and the cache live in the agents
@@ -28,14 +30,14 @@ import concurrent.futures
 import inspect
 import json
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .agents.base import Agent
 from .agents.recorded import RecordedAgent
+from .agents.user import RecordedUsers, User, UserFactory, ask_user, user_name
 from .errors import BcloneError
 from .progress import Progress
 from .records import (
@@ -56,6 +58,8 @@ __all__ = [
     "CallTotals", "Environment", "EnvironmentFactory", "ReplayResult", "RolloutResult", "StepReplies",
     "replay_async", "rollouts_async", "run_episode", "run_replay", "run_rollouts", "sum_stats",
 ]
+
+RECORDED_USER = "recorded"
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -120,6 +124,14 @@ class CallTotals:
             retries += s.retries
             known = known and s.price_known
         return cls(items, failed, cached, prompt, completion, cost, latency, retries, known)
+
+    def __add__(self, other: CallTotals) -> CallTotals:
+        return CallTotals(
+            self.items + other.items, self.failed + other.failed, self.cached + other.cached,
+            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+            self.cost_usd + other.cost_usd, self.latency_s + other.latency_s, self.retries + other.retries,
+            self.price_known and other.price_known,
+        )
 
     @property
     def error_rate(self) -> float:
@@ -232,12 +244,21 @@ class ReplayResult:
 
 @dataclass(frozen=True)
 class RolloutResult:
-    """The outcome of a rollout run: per role, its episodes in (trajectory, repeat) order."""
+    """The outcome of a rollout run: per role, its episodes in (trajectory, repeat) order.
+
+    ``user`` names what answered the agents (``recorded``, ``llm:MODEL``, ``python:...``, the
+    suite's simulator). ``user_calls`` holds, per role and aligned with ``episodes``, the figures
+    of the user's calls in each episode (an LLM user's tokens, cost, cache hits, failures): kept
+    apart from the agent's, so a simulator's cost is never billed to the clone. A role whose agent
+    is the recorded expert has no user calls: its episode is its recording.
+    """
 
     episodes: Mapping[str, tuple[Episode, ...]]
     agents: Mapping[str, str]
     repeats: int = 1
     wall_s: float = 0.0
+    user: str = RECORDED_USER
+    user_calls: Mapping[str, tuple[CallTotals, ...]] = field(default_factory=dict)
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, int], Episode]:
@@ -251,10 +272,29 @@ class RolloutResult:
         """Per role, summed over episodes (``items`` counts episodes, ``failed`` those with an error)."""
         return {role: CallTotals.of(e.stats for e in eps) for role, eps in self.episodes.items()}
 
+    def user_totals(self) -> dict[str, CallTotals]:
+        """Per role, the user's calls summed over its episodes (``items`` counts calls)."""
+        return {role: sum(calls, CallTotals()) for role, calls in self.user_calls.items()}
+
+    def user_episode_calls(self, role: str, trajectory_id: str, repeat: int = 0) -> CallTotals:
+        """The user's calls in one episode (none for a recorded user or a recorded expert)."""
+        calls = self.user_calls.get(role)
+        if not calls:
+            return CallTotals()
+        eps = self.episodes[role]
+        index = next(i for i, e in enumerate(eps) if e.trajectory_id == trajectory_id and e.repeat == repeat)
+        return calls[index]
+
+    @property
+    def simulated_roles(self) -> tuple[str, ...]:
+        """Roles whose episodes met the user (live agents); the recorded expert's are recordings."""
+        return tuple(role for role, name in self.agents.items() if name != "recorded")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "episodes": {role: [e.to_dict() for e in eps] for role, eps in self.episodes.items()},
-            "agents": dict(self.agents), "repeats": self.repeats, "wall_s": self.wall_s,
+            "agents": dict(self.agents), "repeats": self.repeats, "wall_s": self.wall_s, "user": self.user,
+            "user_calls": {role: [c.to_dict() for c in calls] for role, calls in self.user_calls.items()},
         }
 
     @classmethod
@@ -262,6 +302,8 @@ class RolloutResult:
         return cls(
             {role: tuple(Episode.from_dict(e) for e in eps) for role, eps in d["episodes"].items()},
             dict(d["agents"]), int(d.get("repeats", 1)), float(d.get("wall_s", 0.0)),
+            str(d.get("user", RECORDED_USER)),
+            {role: tuple(CallTotals.from_dict(c) for c in calls) for role, calls in (d.get("user_calls") or {}).items()},
         )
 
     @classmethod
@@ -269,14 +311,19 @@ class RolloutResult:
         """One result from several (pytest-xdist workers)."""
         results = list(results)
         episodes: dict[str, list[Episode]] = {}
+        user_calls: dict[str, list[CallTotals]] = {}
         agents: dict[str, str] = {}
         for r in results:
             agents.update(r.agents)
             for role, eps in r.episodes.items():
                 episodes.setdefault(role, []).extend(eps)
+                # keep user_calls aligned with episodes even when a part has none recorded
+                user_calls.setdefault(role, []).extend(r.user_calls.get(role) or [CallTotals()] * len(eps))
+        users = list(dict.fromkeys(r.user for r in results)) or [RECORDED_USER]
         return cls(
             {role: tuple(eps) for role, eps in episodes.items()}, agents,
             max((r.repeats for r in results), default=1), max((r.wall_s for r in results), default=0.0),
+            ", ".join(users), {role: tuple(c) for role, c in user_calls.items()},
         )
 
 
@@ -418,19 +465,30 @@ def step_cap(trajectory: Trajectory) -> int:
 
 
 async def run_episode(
-    agent: Agent, trajectory: Trajectory, env: Environment, *, repeat: int = 0, max_steps: int | None = None
+    agent: Agent,
+    trajectory: Trajectory,
+    env: Environment,
+    *,
+    repeat: int = 0,
+    max_steps: int | None = None,
+    user: User | None = None,
+    user_stats: list[CallStats] | None = None,
 ) -> Episode:
-    """Let ``agent`` drive one episode of ``trajectory`` in ``env``.
+    """Let ``agent`` drive one episode of ``trajectory`` in ``env``, with ``user`` answering it.
 
     It starts from the recorded messages before the first assistant turn. After each action the
     tool calls run in ``env`` and their results are appended; after a text answer without tool
-    calls the next recorded user message is appended. It ends when no recorded user turn is
-    left, at ``max_steps`` (default :func:`step_cap`), or at a failed call (``Episode.error``).
+    calls ``user`` (default: :class:`~pytest_bclone.agents.user.RecordedUser`, the next recorded
+    user message) gives the next user message. It ends when the user ends the conversation, at
+    ``max_steps`` (default :func:`step_cap`), or at a failed call of the agent or of the user
+    (``Episode.error``: the episode is then counted as failed, never scored). The figures of the
+    user's calls are appended to ``user_stats`` when given (they are not the agent's).
     """
     messages = list(trajectory.messages)
     first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
     conversation: list[Message] = messages[:first]
-    user_turns = deque(m for m in messages[first:] if m.get("role") == "user")
+    if user is None:
+        user = RecordedUsers()(trajectory)
     tools = list(env.tools) or list(trajectory.tools)
     cap = step_cap(trajectory) if max_steps is None else max_steps
     actions: list[Action] = []
@@ -454,9 +512,17 @@ async def run_episode(
                 content = await _execute(env, call)
                 conversation.append({"role": "tool", "tool_call_id": call.id or f"call_{i}", "content": content})
             continue
-        if not user_turns:
+        turn = await ask_user(user, tuple(conversation), repeat)
+        if user_stats is not None:
+            user_stats.append(turn.stats)
+        if turn.failed:
+            # The user's failure, not the agent's: the episode is an error, excluded from scores.
+            error = f"the user simulator ({user_name(user)}) failed: {turn.stats.error}"
             break
-        conversation.append(user_turns.popleft())
+        if turn.text:
+            conversation.append({"role": "user", "content": turn.text})
+        if turn.done:
+            break
     return Episode(
         trajectory.id, tuple(actions), tuple(conversation), sum_stats(stats), error, _final_state_ok(env), repeat,
         truncated,
@@ -486,11 +552,14 @@ async def rollouts_async(
     repeats: int = 1,
     max_steps: int | None = None,
     progress: bool | Progress = True,
+    user_factory: UserFactory | None = None,
 ) -> RolloutResult:
     """The coroutine behind :func:`run_rollouts`."""
     trajectories = list(trajectories)
     roles = list(agents)
+    users = user_factory if user_factory is not None else RecordedUsers()
     slots: dict[tuple[str, int, int], Episode] = {}
+    calls: dict[tuple[str, int, int], CallTotals] = {}
     jobs = [(role, t, r) for t in range(len(trajectories)) for r in range(repeats) for role in roles]
 
     async def handle(job: tuple[str, int, int]) -> None:
@@ -499,17 +568,30 @@ async def rollouts_async(
         env = env_factory(trajectory)  # a fresh environment per episode: episodes never share state
         if isinstance(agent, RecordedAgent):
             slots[job] = await _recorded_episode(agent, trajectory, env, r)
+            calls[job] = CallTotals()
         else:
-            slots[job] = await run_episode(agent, trajectory, env, repeat=r, max_steps=max_steps)
+            # A fresh user per episode from the same factory: clone and live expert meet the same user.
+            stats: list[CallStats] = []
+            slots[job] = await run_episode(agent, trajectory, env, repeat=r, max_steps=max_steps,
+                                           user=users(trajectory), user_stats=stats)
+            calls[job] = CallTotals.of(stats)
 
     start = time.monotonic()
     try:
         await _pool(jobs, concurrency, handle, _progress(progress, len(jobs), "bclone rollout", "episodes"))
     finally:
         await _close(agents)
-    episodes = {role: tuple(slots[role, t, r] for t in range(len(trajectories)) for r in range(repeats))
-                for role in roles}
-    return RolloutResult(episodes, {role: a.name for role, a in agents.items()}, repeats, time.monotonic() - start)
+        aclose = getattr(users, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    order = [(t, r) for t in range(len(trajectories)) for r in range(repeats)]
+    episodes = {role: tuple(slots[role, t, r] for t, r in order) for role in roles}
+    describe = getattr(users, "describe", None)
+    return RolloutResult(
+        episodes, {role: a.name for role, a in agents.items()}, repeats, time.monotonic() - start,
+        str(describe() if describe is not None else getattr(users, "name", None) or user_name(users)),
+        {role: tuple(calls[role, t, r] for t, r in order) for role in roles},
+    )
 
 
 def run_rollouts(
@@ -521,15 +603,18 @@ def run_rollouts(
     repeats: int = 1,
     max_steps: int | None = None,
     progress: bool | Progress = True,
+    user_factory: UserFactory | None = None,
 ) -> RolloutResult:
     """Rollout mode: each agent drives every trajectory's episode ``repeats`` times.
 
-    ``env_factory(trajectory)`` gives a fresh :class:`Environment` per episode. The recorded
-    expert's episode is its recording. ``max_steps`` overrides :func:`step_cap`.
+    ``env_factory(trajectory)`` gives a fresh :class:`Environment` per episode, ``user_factory``
+    a fresh :class:`~pytest_bclone.agents.user.User` (default, None: the recorded user turns; see
+    :func:`~pytest_bclone.agents.user.make_users` for ``--bclone-user``). The recorded expert's
+    episode is its recording (it meets no user). ``max_steps`` overrides :func:`step_cap`.
     """
     return _run(rollouts_async(
         trajectories, agents, env_factory, concurrency=concurrency, repeats=repeats, max_steps=max_steps,
-        progress=progress,
+        progress=progress, user_factory=user_factory,
     ))
 
 
