@@ -171,6 +171,33 @@ class Trajectory:
     # Indexes of the assistant messages, when the store already knows them: deriving decision
     # points then needs no parse of the messages (which a store may keep as lazy JSON).
     step_indexes: tuple[int, ...] | None = None
+    # Parse-once caches (not part of the record: no init, repr or comparison). Set through
+    # object.__setattr__ on first use; a trajectory loaded once has each recorded action parsed once
+    # however many agents, repeats and metrics read it.
+    _actions: tuple[Action, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _indexes: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _memo: dict[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def expert_actions(self) -> tuple[Action, ...]:
+        """The recorded expert's action at every decision point, in order (parsed once, then cached)."""
+        actions = self._actions
+        if actions is None:
+            messages = self.messages
+            indexes = tuple(self.assistant_indexes())
+            actions = tuple(Action.from_message(messages[i]) for i in indexes)
+            object.__setattr__(self, "_indexes", indexes)
+            object.__setattr__(self, "_actions", actions)
+        return actions
+
+    def memo(self) -> dict[Any, Any]:
+        """A per-trajectory cache for facts derived from the recording (e.g. the evaluators'
+        normalised expert calls), so they too are computed once per load. Keys must be hashable
+        values that identify how the fact was derived."""
+        memo = self._memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -243,7 +270,15 @@ class DecisionPoint(NamedTuple):
 
     @property
     def expert_action(self) -> Action:
-        return Action.from_message(self.trajectory.messages[self.message_index])
+        """The recorded expert action (parsed once per trajectory, see :meth:`Trajectory.expert_actions`)."""
+        t = self.trajectory
+        actions = t.expert_actions()
+        indexes = t._indexes
+        step = self.step
+        if indexes is not None and 0 <= step < len(indexes) and indexes[step] == self.message_index:
+            return actions[step]
+        # a point built by hand may name a message that is not the step-th assistant turn
+        return Action.from_message(t.messages[self.message_index])
 
 
 @dataclass(frozen=True, slots=True)

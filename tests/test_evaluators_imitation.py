@@ -19,7 +19,7 @@ from pytest_bclone.evaluators import (
     max_weight_assignment,
     score_steps,
 )
-from pytest_bclone.evaluators.normalize import arg_agreement, canon, normalize_args, toolset
+from pytest_bclone.evaluators.normalize import _unambiguous, arg_agreement, canon, normalize_args, toolset
 from pytest_bclone.evaluators.safety import SafetyRefusal
 from pytest_bclone.records import Action, Score, ToolCall
 
@@ -113,6 +113,23 @@ def test_assignment_is_optimal_against_brute_force(weights: list[list[float]]) -
     else:
         best = max(sum(weights[r][c] for c, r in enumerate(perm)) for perm in itertools.permutations(range(n), m))
     assert sum(weights[r][c] for r, c in pairs) == pytest.approx(best)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda n: st.integers(1, 4).flatmap(
+    lambda m: st.lists(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]), min_size=m, max_size=m),
+                       min_size=n, max_size=n))))
+def test_unambiguous_shortcut_is_optimal_when_taken(weights: list[list[float]]) -> None:
+    # match_calls skips the assignment when every call of the shorter side can have a best partner
+    # of its own; ties (exact duplicates) are common in real parallel calls, hence the coarse weights.
+    chosen = _unambiguous(weights)
+    if chosen is None:
+        return
+    n, m = len(weights), len(weights[0])
+    assert len(chosen) == min(n, m)
+    assert len({r for r, _ in chosen}) == len({c for _, c in chosen}) == len(chosen)
+    best = sum(weights[r][c] for r, c in max_weight_assignment(weights))
+    assert sum(weights[r][c] for r, c in chosen) == pytest.approx(best)
 
 
 def greedy_argument_total(expert: list[ToolCall], agent: list[ToolCall]) -> float:

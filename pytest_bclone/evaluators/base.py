@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..records import Action, DecisionPoint, Episode, Score, Trajectory
-from .normalize import CallMatch, IdentityCache, NormArgs, Toolset, match_calls, normalize_args, toolset
+from .normalize import CallMatch, NormArgs, Toolset, match_calls, normalize_args, toolset
 
 __all__ = [
     "JudgeEvaluator",
@@ -183,19 +183,10 @@ class JudgeFailure:
         return {"metric": self.metric, "item": self.item, "error": self.error}
 
 
-def _parse_expert_actions(trajectory: Trajectory) -> tuple[Action, ...]:
-    messages = trajectory.messages
-    return tuple(Action.from_message(messages[i]) for i in trajectory.assistant_indexes())
-
-
-# Rollout metrics each need the recorded expert's actions of the same trajectory (and the clone's
-# and the expert's episodes share it): parse them once per trajectory object.
-_expert_actions: IdentityCache[Trajectory, tuple[Action, ...]] = IdentityCache(1024)
-
-
 def expert_actions(trajectory: Trajectory) -> tuple[Action, ...]:
-    """The recorded expert's actions of a trajectory, in order (one per decision point; cached)."""
-    return _expert_actions.get(trajectory, _parse_expert_actions)
+    """The recorded expert's actions of a trajectory, in order (one per decision point; parsed once
+    per trajectory object, see :meth:`~pytest_bclone.records.Trajectory.expert_actions`)."""
+    return trajectory.expert_actions()
 
 
 def episode_key(trajectory: Trajectory, episode: Episode) -> str:

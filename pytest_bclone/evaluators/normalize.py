@@ -11,8 +11,9 @@ Every imitation evaluator compares calls the same way, so the rules live here on
   after the rules above) whose canonical values are equal.
 * **Call matching** (:func:`match_calls`): parallel calls are matched as a multiset, by name, with an
   exact maximum-weight assignment on argument agreement inside each group of same-named calls
-  (Hungarian algorithm, :func:`max_weight_assignment`), so neither call order nor a greedy choice
-  decides which expert call a clone call is credited against.
+  (:func:`max_weight_assignment`, scipy's ``linear_sum_assignment``, used only when the pairing is
+  ambiguous), so neither call order nor a greedy choice decides which expert call a clone call is
+  credited against.
 
 Toolset facts are parsed once per tool list object and cached (:func:`toolset`): the hot paths never
 parse a schema per call.
@@ -295,67 +296,22 @@ def arg_diff(expert_call: ToolCall, expert: NormArgs | None, agent_call: ToolCal
 
 
 def max_weight_assignment(weights: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
-    """An exact maximum-weight assignment of rows to columns (Hungarian algorithm, O(n^2 m)).
+    """An exact maximum-weight assignment of rows to columns.
 
-    Assigns ``min(rows, columns)`` pairs and returns them as ``(row, column)`` sorted by row. Written
-    here (shortest augmenting paths with potentials) instead of importing scipy: matrices are a
-    handful of parallel calls, where the pure-Python loop costs microseconds.
+    Assigns ``min(rows, columns)`` pairs and returns them as ``(row, column)`` sorted by row.
+    Solved by :func:`scipy.optimize.linear_sum_assignment` (imported on first use, so loading the
+    plugin does not import scipy); :func:`match_calls` calls it only when a group of same-named
+    calls is ambiguous, which is rare.
     """
     n = len(weights)
     m = len(weights[0]) if n else 0
     if n == 0 or m == 0:
         return []
-    transposed = n > m
-    cost: list[list[float]] = (
-        [[-weights[r][c] for r in range(n)] for c in range(m)] if transposed
-        else [[-w for w in row] for row in weights]
-    )
-    if transposed:
-        n, m = m, n
-    inf = float("inf")
-    u = [0.0] * (n + 1)
-    v = [0.0] * (m + 1)
-    p = [0] * (m + 1)  # p[j]: row (1-based) assigned to column j, 0 = free
-    way = [0] * (m + 1)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv = [inf] * (m + 1)
-        used = [False] * (m + 1)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            row = cost[i0 - 1]
-            delta = inf
-            j1 = 0
-            for j in range(1, m + 1):
-                if not used[j]:
-                    cur = row[j - 1] - u[i0] - v[j]
-                    if cur < minv[j]:
-                        minv[j] = cur
-                        way[j] = j0
-                    if minv[j] < delta:
-                        delta = minv[j]
-                        j1 = j
-            for j in range(m + 1):
-                if used[j]:
-                    u[p[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while True:  # flip the augmenting path
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-            if j0 == 0:
-                break
-    pairs = [(p[j] - 1, j - 1) for j in range(1, m + 1) if p[j]]
-    if transposed:
-        pairs = [(c, r) for r, c in pairs]
-    return sorted(pairs)
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
+
+    rows, cols = linear_sum_assignment(np.asarray(weights, dtype=float), maximize=True)
+    return sorted(zip(rows.tolist(), cols.tolist()))
 
 
 class CallMatch:
@@ -408,6 +364,29 @@ class CallMatch:
 _EMPTY_MATCH = CallMatch((), (), (), 0)
 
 
+def _unambiguous(sims: list[list[float]]) -> list[tuple[int, int]] | None:
+    """The optimal assignment when each call of the shorter side can have a best partner to itself.
+
+    Giving every row (or, when there are more rows than columns, every column) one of its own
+    maxima reaches the upper bound of any assignment, so it is optimal; this covers the usual
+    parallel calls (distinct arguments, or exact copies) without solving an assignment. ``None``
+    when the first-come choice of maxima collides: the caller then solves the assignment.
+    """
+    rows, cols = len(sims), len(sims[0])
+    transposed = rows > cols
+    lines = [list(col) for col in zip(*sims)] if transposed else sims
+    taken: set[int] = set()
+    chosen = []
+    for i, line in enumerate(lines):
+        top = max(line)
+        j = next((j for j, w in enumerate(line) if w == top and j not in taken), None)
+        if j is None:
+            return None
+        taken.add(j)
+        chosen.append((j, i) if transposed else (i, j))
+    return sorted(chosen)
+
+
 def match_calls(
     expert_names: Sequence[str],
     expert_args: Sequence[NormArgs | None],
@@ -443,7 +422,7 @@ def match_calls(
             sims = [[arg_agreement(expert_args[e_idx[0]], agent_args[a_idx[0]])]]
         else:
             sims = [[arg_agreement(expert_args[i], agent_args[j]) for j in a_idx] for i in e_idx]
-            chosen = max_weight_assignment(sims)
+            chosen = _unambiguous(sims) or max_weight_assignment(sims)
         for r, c in chosen:
             pairs.append((e_idx[r], a_idx[c], sims[r][c]))
             matched_e.add(e_idx[r])
