@@ -6,37 +6,78 @@ Layout::
     <root>/<name>/<version>/data-00000.parquet ...
 
 The root is a local directory or any pyarrow filesystem URI (``s3://bucket/prefix``). A version is
-written once: locally into a staging directory renamed into place (atomic), elsewhere data files
-first and ``manifest.json`` last, so a version without a manifest is never listed or loaded.
-Loading reads each data file once, checks its sha256 against the manifest, and parses it from
-memory; a mismatch is an :class:`~pytest_bclone.errors.IntegrityError`, never a warning.
+written once, from a stream of rows in bounded memory (:meth:`DatasetStore.write_version_stream`):
+locally into a locked staging directory renamed into place (atomic); on an object store data
+files first, under names unique to the write, and ``manifest.json`` last. A version *is* its
+manifest: a directory without one is never listed or loaded, and the next write of that version
+replaces it.
+
+The manifest is tamper-evident: its ``fingerprint`` is the sha256 of its own canonical content
+(every count, the toolset, the lineage and every data file's sha256). Loading recomputes it,
+confines every path to the version directory before opening anything, checks each data file's
+size, sha256, Parquet schema and row count, and recounts splits, decision points, cohorts and the
+toolset from the data. Any mismatch is one :class:`~pytest_bclone.errors.IntegrityError` naming
+the file and the fix, never a warning. :meth:`DatasetStore.verify` runs the same checks (and a
+parse of every row) and collects every problem instead of stopping at the first.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import random
 import re
+import shutil
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, overload
 
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.fs as pafs  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from ..errors import DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
+from ..errors import DatasetError, DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
 from ..records import ExpectedOutcome, Message, Trajectory, tool_name
-from .schema import SCHEMA_VERSION, canonical_json, trajectory_to_row, validate_row
+from .schema import SCHEMA_VERSION, trajectory_to_row, validate_row
+
+try:  # POSIX: a writer holds an advisory lock on its staging directory, so cleanup never races it
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: staging is cleaned by age alone
+    fcntl = None  # type: ignore[assignment]
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "pytest-bclone-dataset"
 ROWS_PER_FILE = 50_000
+"""Rows per data file: the unit of hashing and of parallel reads."""
+ROWS_PER_GROUP = 10_000
+"""Rows per Parquet row group: what a writer buffers as Python values before encoding them."""
+STALE_STAGING_SECONDS = 15 * 60
+"""A staging directory this old whose writer holds no lock is a killed write's leftover."""
+_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.parquet$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_COHORT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAGING_PREFIX = ".staging-"
+_LOCK = ".lock"
+_ROW_KEYS = frozenset({"id", "cohorts", "split", "messages", "tools", "expected", "expert_scores", "metadata"})
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_SPLITS = ("eval", "train")
+_RESTORE = (
+    "restore the version directory from a backup or version control, or rebuild the data as a new version "
+    "with `bclone dataset import` (versions are write-once)"
+)
+
+RowValidator = Callable[[Mapping[str, Any], str], None]
+"""A row check for :meth:`DatasetStore.write_version_stream`: ``(row, where)``, raises RowError."""
 
 _ARROW_SCHEMA = pa.schema(
     [
@@ -51,26 +92,52 @@ _ARROW_SCHEMA = pa.schema(
         ("steps", pa.list_(pa.int32())),  # assistant message indexes: decision points without a parse
     ]
 )
+_DICTIONARY_COLUMNS = ["tools", "split", "metadata", "expert_scores"]
+_NOT_NULL = ("id", "cohorts", "split", "messages", "tools", "expert_scores", "metadata", "steps")
+
+
+def _json(value: Any) -> str:
+    """Canonical JSON (sorted keys, compact, no NaN): equal values give equal text and hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """The sha256 of a manifest's canonical content without its ``fingerprint`` field.
+
+    It covers the name, version, parent, counts, toolset, lineage and every data file's sha256,
+    so an edit to any of them (or to any data file) changes it.
+    """
+    return hashlib.sha256(_json({k: v for k, v in manifest.items() if k != "fingerprint"}).encode()).hexdigest()
 
 
 class LazyMessages(Sequence[Message]):
     """The messages of a stored trajectory, parsed from JSON on first access.
 
-    Loading a million decision points then costs no JSON parse until a state is really needed.
+    Holds the Arrow string array and a row index rather than a Python string: loading a million
+    decision points then copies no message text and parses no JSON until a state is really needed.
     """
 
-    __slots__ = ("_items", "_text")
+    __slots__ = ("_array", "_i", "_items")
 
-    def __init__(self, text: str) -> None:
-        self._text: str | None = text
+    def __init__(self, array: Any, index: int = 0) -> None:
+        # ``array`` is a pyarrow StringArray (or, for callers that have one, a plain JSON string).
+        self._array: Any = array
+        self._i = index
         self._items: list[Message] | None = None
 
     def _load(self) -> list[Message]:
         if self._items is None:
-            assert self._text is not None
-            self._items = json.loads(self._text)
-            self._text = None
+            text = self._array if isinstance(self._array, str) else self._array[self._i].as_py()
+            self._items = json.loads(text)
+            self._array = None
         return self._items
+
+    @property
+    def text(self) -> str:
+        """The stored JSON text (canonical), without parsing it."""
+        if self._items is not None:
+            return _json(self._items)
+        return self._array if isinstance(self._array, str) else str(self._array[self._i].as_py())
 
     @overload
     def __getitem__(self, i: int) -> Message: ...
@@ -88,13 +155,15 @@ class LazyMessages(Sequence[Message]):
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
 
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: unhashable like a list
+
     def __repr__(self) -> str:
         return f"LazyMessages({len(self)} messages)"
 
 
 def check_name(value: str, what: str, source: str) -> str:
     """Return ``value`` if it is a safe dataset or version name, else raise UnsafeVersionName."""
-    if not _NAME_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
         raise UnsafeVersionName(
             f"{what} {value!r} (from {source}) is not a plain name: it must match {_NAME_RE.pattern} and "
             f"may not contain '/' or '..', so it cannot leave the store root; use a name like v8"
@@ -123,9 +192,13 @@ class DatasetVersion:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of every data file's sha256: names the exact content of the version."""
-        h = hashlib.sha256("".join(f["sha256"] for f in self.manifest["files"]).encode())
-        return h.hexdigest()[:12]
+        """The first 12 hex digits of the manifest's fingerprint (see :attr:`fingerprint_sha256`)."""
+        return self.fingerprint_sha256[:12]
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        """The verified sha256 over the manifest's content and every data file's sha256."""
+        return str(self.manifest["fingerprint"])
 
     @property
     def cohorts(self) -> list[str]:
@@ -139,8 +212,484 @@ class DatasetVersion:
         return rows
 
 
+@dataclass(frozen=True)
+class StagingLeftover:
+    """A ``.staging-*`` directory: an import in progress, or the leftover of one that was killed."""
+
+    path: str
+    name: str
+    version: str
+    age_s: float
+    locked: bool
+
+    @property
+    def stale(self) -> bool:
+        """Unlocked and older than :data:`STALE_STAGING_SECONDS`: no writer will come back for it."""
+        return not self.locked and self.age_s >= STALE_STAGING_SECONDS
+
+    def describe(self) -> str:
+        state = "in progress (locked by its writer)" if self.locked else (
+            "left by an interrupted write" + ("; removed by the next write of this dataset" if self.stale else ""))
+        return f"{self.path}: staging of {self.name}@{self.version}, {self.age_s / 60:.0f} min old, {state}"
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`DatasetStore.verify` found; ``ok`` when nothing is wrong."""
+
+    ref: str
+    path: str
+    fingerprint: str | None = None
+    trajectories: int = 0
+    decision_points: int = 0
+    files_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    staging: list[StagingLeftover] = field(default_factory=list)
+    unlisted_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """Readable lines: one summary, then one per problem and leftover."""
+        if self.ok:
+            out = [(f"{self.ref}: OK: {self.trajectories} trajectories, {self.decision_points} decision points, "
+                    f"{self.files_checked} data files match their sha256, manifest fingerprint "
+                    f"{(self.fingerprint or '')[:12]} verified, counts match the data")]
+        else:
+            out = [f"{self.ref}: {len(self.problems)} problem(s) in {self.path}:"]
+            out += [f"  {p}" for p in self.problems]
+        out += [f"  note: {f} is not listed in {MANIFEST} (ignored; safe to delete)" for f in self.unlisted_files]
+        out += [f"  note: {s.describe()}" for s in self.staging]
+        return out
+
+
+class _Check:
+    """Collects problems (``verify``) or raises the first one (``load``)."""
+
+    def __init__(self, raise_first: bool) -> None:
+        self.raise_first = raise_first
+        self.problems: list[str] = []
+
+    def fail(self, exc: DatasetError) -> None:
+        if self.raise_first:
+            raise exc
+        self.problems.append(str(exc))
+
+
+# -- writing rows -----------------------------------------------------------------------------------
+_RowValues = tuple[str, list[str], str, str, str, "str | None", str, str, list[int]]
+
+
+def _row_error(where: str, rid: Any, field_name: str, problem: str, fix: str = "fix that field") -> RowError:
+    return RowError(f"{where}: row {rid!r}, field {field_name}: {problem}; {fix}")
+
+
+def _dump(value: Any, where: str, rid: Any, field_name: str) -> str:
+    try:
+        return _json(value)
+    except (TypeError, ValueError) as exc:  # NaN/inf, sets, objects...
+        raise _row_error(where, rid, field_name, f"cannot be stored as JSON ({exc})",
+                         "use plain JSON values (finite numbers, strings, lists, objects)") from None
+
+
+def _row_values(row: Any, where: str) -> _RowValues:
+    """Check one row's shape and turn it into the stored column values; RowError names the field.
+
+    The store's own guard, whatever validation the caller ran: it never writes a row it could not
+    load back, never splits a string into cohorts, never stores NaN, never drops an unknown field.
+    """
+    if not isinstance(row, Mapping):
+        raise RowError(f"{where}: row is a {type(row).__name__}, expected an object with id, cohorts, split, "
+                       "messages, tools; fix or remove that row")
+    rid = row.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise _row_error(where, rid, "id", f"{rid!r} is not a non-empty string", "give every row a unique string id")
+    unknown = sorted(str(k) for k in set(row) - _ROW_KEYS)
+    if unknown:
+        raise _row_error(where, rid, unknown[0], "is not a row field",
+                         f"the fields are {', '.join(sorted(_ROW_KEYS))}; put extra data under metadata")
+    cohorts = row.get("cohorts")
+    cohorts = [] if cohorts is None else cohorts
+    if not isinstance(cohorts, (list, tuple)):
+        raise _row_error(where, rid, "cohorts", f"{cohorts!r} is a {type(cohorts).__name__}, not a list",
+                         f"write a list of cohort names, e.g. [{json.dumps(str(cohorts))}]")
+    for k, c in enumerate(cohorts):
+        if not isinstance(c, str) or not _COHORT_RE.match(c):
+            raise _row_error(where, rid, f"cohorts[{k}]", f"{c!r} is not a cohort name (letters, digits, _ . -)",
+                             "fix the cohort name")
+    split = row.get("split", "eval")
+    if split not in _SPLITS:
+        raise _row_error(where, rid, "split", f"{split!r} is not 'train' or 'eval'", "use train or eval")
+    messages = row.get("messages")
+    if not isinstance(messages, (list, tuple)) or not messages or isinstance(messages, str):
+        raise _row_error(where, rid, "messages", f"is {type(messages).__name__}, not a non-empty list of messages",
+                         "give the OpenAI chat messages of the trajectory")
+    steps = []
+    for k, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, Mapping) else None
+        if role not in _ROLES:
+            raise _row_error(where, rid, f"messages[{k}]", f"{m!r:.80} has no valid role",
+                             f"each message is an object with role one of {', '.join(sorted(_ROLES))}")
+        if role == "assistant":
+            steps.append(k)
+    if not steps:
+        raise _row_error(where, rid, "messages", "has no assistant message, so no decision point",
+                         "drop the row or include the expert's turns")
+    tools = row.get("tools")
+    tools = [] if tools is None else tools
+    if not isinstance(tools, (list, tuple)) or not all(isinstance(t, Mapping) for t in tools):
+        raise _row_error(where, rid, "tools", "is not a list of tool definitions (objects)",
+                         "give the OpenAI tools list, or []")
+    expected = row.get("expected")
+    if expected is not None:
+        _check_expected(expected, where, rid)
+    scores = row.get("expert_scores")
+    scores = {} if scores is None else scores
+    if not isinstance(scores, Mapping):
+        raise _row_error(where, rid, "expert_scores", f"is a {type(scores).__name__}, not an object",
+                         "map metric names to scores in [0, 1]")
+    for k, v in scores.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise _row_error(where, rid, f"expert_scores.{k}", f"{v!r} is not a number in [0, 1]",
+                             "record a finite score between 0 and 1, or leave the metric out")
+    metadata = row.get("metadata")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, Mapping):
+        raise _row_error(where, rid, "metadata", f"is a {type(metadata).__name__}, not an object",
+                         "put metadata in a JSON object")
+    return (
+        rid,
+        list(cohorts),
+        split,
+        _dump(list(messages), where, rid, "messages"),
+        _dump(list(tools), where, rid, "tools"),
+        None if expected is None else _dump(expected, where, rid, "expected"),
+        _dump(scores, where, rid, "expert_scores"),
+        _dump(metadata, where, rid, "metadata"),
+        steps,
+    )
+
+
+def _check_expected(expected: Any, where: str, rid: Any) -> None:
+    if not isinstance(expected, Mapping):
+        raise _row_error(where, rid, "expected", f"is a {type(expected).__name__}, not an object or null",
+                         "give {actions: [...], outputs: [...]} or null")
+    for k, a in enumerate(expected.get("actions") or ()):
+        if not isinstance(a, Mapping) or not isinstance(a.get("name"), str):
+            raise _row_error(where, rid, f"expected.actions[{k}]", "is not an object with a string name",
+                             "give {name: TOOL, arguments: {...}}")
+        if a.get("arguments") is not None and not isinstance(a["arguments"], Mapping):
+            raise _row_error(where, rid, f"expected.actions[{k}].arguments", "is not an object",
+                             "give the arguments as a JSON object")
+    outputs = expected.get("outputs") or ()
+    if not isinstance(outputs, (list, tuple)) or not all(isinstance(o, str) for o in outputs):
+        raise _row_error(where, rid, "expected.outputs", "is not a list of strings", "give the required outputs")
+
+
+class _Tally:
+    """What the manifest needs from the rows, kept as they stream past (not the rows themselves)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.ids: set[str] = set()
+        self.splits: Counter[str] = Counter()
+        self.points: Counter[str] = Counter()
+        self.cohorts: dict[str, Counter[str]] = {}
+        self.toolset: set[str] = set()
+        self._seen_tools: set[str] = set()
+
+    def add(self, values: _RowValues, tools: Sequence[Any], where: str) -> None:
+        rid, cohorts, split, _m, tools_text, _e, _s, _md, steps = values
+        if rid in self.ids:
+            raise RowError(f"{where}: trajectory id {rid!r} appears 2 times (again at this row); ids must be unique: "
+                           "drop the duplicate or give it its own id")
+        self.ids.add(rid)
+        self.splits[split] += 1
+        self.points[split] += len(steps)
+        for c in cohorts:
+            self.cohorts.setdefault(c, Counter())[split] += 1
+        # Rows share a few toolsets: name each distinct one once (hash of the text keeps this small).
+        key = hashlib.sha1(tools_text.encode()).hexdigest() if len(tools_text) > 64 else tools_text
+        if key not in self._seen_tools:
+            self._seen_tools.add(key)
+            self.toolset.update(tool_name(t) for t in tools)
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "trajectories": len(self.ids),
+            "splits": dict(sorted(self.splits.items())),
+            "decision_points": dict(sorted(self.points.items())),
+            "cohorts": {c: dict(sorted(v.items())) for c, v in sorted(self.cohorts.items())},
+        }
+
+
+class _ParquetFile:
+    """One data file being written: rows buffered per row group, encoded into an in-memory file."""
+
+    def __init__(self) -> None:
+        self.sink = pa.BufferOutputStream()
+        self.writer = pq.ParquetWriter(self.sink, _ARROW_SCHEMA, compression="zstd",
+                                       use_dictionary=_DICTIONARY_COLUMNS)
+        self.columns: list[list[Any]] = [[] for _ in _ARROW_SCHEMA]
+        self.rows = 0
+
+    def add(self, values: _RowValues) -> None:
+        for col, v in zip(self.columns, values, strict=True):
+            col.append(v)
+        self.rows += 1
+        if len(self.columns[0]) >= ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.columns[0]:
+            self.writer.write_table(pa.table(dict(zip(_ARROW_SCHEMA.names, self.columns, strict=True)),
+                                             schema=_ARROW_SCHEMA))
+            self.columns = [[] for _ in _ARROW_SCHEMA]
+
+    def finish(self) -> bytes:
+        self._flush()
+        self.writer.close()
+        return bytes(self.sink.getvalue().to_pybytes())
+
+
+class _StagingLock:
+    """An exclusive advisory lock on a staging directory, held for the whole write."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, _LOCK)
+        self.fd: int | None = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        if fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def _is_locked(directory: str) -> bool:
+    path = os.path.join(directory, _LOCK)
+    if fcntl is None or not os.path.exists(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we took
+    return False
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def _manifest_shape_problems(m: Any, where: str) -> list[str]:
+    """Everything wrong with a manifest's structure (before its content can be trusted or used)."""
+    fix = f"; {_RESTORE}"
+    if not isinstance(m, dict):
+        return [f"{where} is a JSON {type(m).__name__}, not an object: it is not a dataset manifest{fix}"]
+    out = []
+    if m.get("format") != MANIFEST_FORMAT:
+        out.append(f"{where}: format is {m.get('format')!r}, expected {MANIFEST_FORMAT!r}: not a dataset manifest{fix}")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        out.append(f"{where}: schema_version {m.get('schema_version')!r} is not {SCHEMA_VERSION}, the one this "
+                   "pytest-bclone reads; use the pytest-bclone that wrote it, or re-import its rows")
+    for key in ("name", "version", "created"):
+        if not isinstance(m.get(key), str):
+            out.append(f"{where}: {key} is {m.get(key)!r}, expected a string{fix}")
+    if m.get("parent") is not None and not isinstance(m.get("parent"), str):
+        out.append(f"{where}: parent is {m.get('parent')!r}, expected a version name or null{fix}")
+    files = m.get("files")
+    if not isinstance(files, list) or not files:
+        out.append(f"{where} has no 'files' list naming the data files and their sha256{fix}")
+    else:
+        seen = set()
+        for k, e in enumerate(files):
+            if not isinstance(e, dict):
+                out.append(f"{where}: files[{k}] is not an object with path, sha256, rows, bytes{fix}")
+                continue
+            p = e.get("path")
+            if not isinstance(p, str) or not _FILE_RE.match(p) or ".." in p:
+                out.append(f"{where}: files[{k}].path {p!r} is not a plain data file name inside the version "
+                           f"directory; refusing to open it{fix}")
+            elif p in seen:
+                out.append(f"{where}: files[{k}].path {p!r} is listed twice{fix}")
+            seen.add(p)
+            if not isinstance(e.get("sha256"), str) or not _SHA_RE.match(e["sha256"]):
+                out.append(f"{where}: files[{k}].sha256 {e.get('sha256')!r} is not a sha256 hex digest{fix}")
+            for key in ("rows", "bytes"):
+                v = e.get(key)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    out.append(f"{where}: files[{k}].{key} {v!r} is not a count{fix}")
+    counts = m.get("counts")
+    if not isinstance(counts, dict):
+        out.append(f"{where} has no 'counts' object{fix}")
+    else:
+        if isinstance(counts.get("trajectories"), bool) or not isinstance(counts.get("trajectories"), int):
+            out.append(f"{where}: counts.trajectories {counts.get('trajectories')!r} is not a count{fix}")
+        for key in ("splits", "decision_points", "cohorts"):
+            if not isinstance(counts.get(key), dict):
+                out.append(f"{where}: counts.{key} is {counts.get(key)!r}, not an object{fix}")
+    if not isinstance(m.get("toolset"), list) or not all(isinstance(t, str) for t in m["toolset"]):
+        out.append(f"{where}: toolset is {m.get('toolset')!r}, not a list of tool names{fix}")
+    if not isinstance(m.get("lineage"), dict):
+        out.append(f"{where}: lineage is {m.get('lineage')!r}, not an object{fix}")
+    if "fingerprint" not in m:
+        out.append(
+            f"{where} has no fingerprint: it was written before manifests were tamper-evident (or the field was "
+            "removed), so its counts, toolset and lineage cannot be trusted; rebuild the version: export its rows "
+            "with the pytest-bclone that wrote it (`bclone dataset export REF --split all --with-ids -o rows.jsonl`) "
+            "and `bclone dataset import rows.jsonl --name NAME --version NEW`"
+        )
+    elif not isinstance(m["fingerprint"], str) or not _SHA_RE.match(m["fingerprint"]):
+        out.append(f"{where}: fingerprint {m['fingerprint']!r} is not a sha256 hex digest{fix}")
+    return out
+
+
+def _schema_problem(schema: Any) -> str | None:
+    got = {f.name: f.type for f in schema}
+    want = {f.name: f.type for f in _ARROW_SCHEMA}
+    if list(got) != list(want):
+        return f"has columns {list(got)}, expected {list(want)}"
+    for name, t in want.items():
+        g = got[name]
+        if pa.types.is_dictionary(g):
+            g = g.value_type
+        if g != t:
+            return f"column {name!r} has type {got[name]}, expected {t}"
+    return None
+
+
+class _DataTally:
+    """Counts recomputed from the stored columns (no JSON parse but one per distinct toolset)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.splits: Counter[str] = Counter()
+        self.points: Counter[str] = Counter()
+        self.cohorts: dict[str, Counter[str]] = {}
+        self.toolset: set[str] = set()
+        self.ids: list[Any] = []
+        self.bad_toolsets: list[str] = []
+        self._toolset_texts: set[str] = set()
+
+    def add(self, table: Any) -> None:
+        self.rows += table.num_rows
+        split = table.column("split")
+        if pa.types.is_dictionary(split.type):
+            split = split.cast(pa.string())
+        n_points = pc.list_value_length(table.column("steps"))
+        grouped = pa.table({"s": split, "n": n_points}).group_by("s").aggregate([("n", "sum"), ("n", "count")])
+        for s, total, count in zip(grouped["s"].to_pylist(), grouped["n_sum"].to_pylist(),
+                                   grouped["n_count"].to_pylist(), strict=True):
+            self.splits[str(s)] += count
+            self.points[str(s)] += total or 0
+        cohorts = table.column("cohorts").combine_chunks()
+        flat = pc.list_flatten(cohorts)
+        if len(flat):
+            owner = pc.take(split.combine_chunks(), pc.list_parent_indices(cohorts))
+            pairs = pa.table({"c": flat, "s": owner}).group_by(["c", "s"]).aggregate([("c", "count")])
+            for c, s, count in zip(pairs["c"].to_pylist(), pairs["s"].to_pylist(), pairs["c_count"].to_pylist(),
+                                   strict=True):
+                self.cohorts.setdefault(str(c), Counter())[str(s)] += count
+        tools = table.column("tools")
+        for chunk in tools.chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            used = pc.unique(chunk.indices.drop_null()).to_pylist()
+            texts = chunk.dictionary.take(pa.array(used, pa.int64())).to_pylist() if used else []
+            for text in texts:
+                if text in self._toolset_texts:
+                    continue
+                self._toolset_texts.add(text)
+                try:
+                    self.toolset.update(tool_name(t) for t in json.loads(text))
+                except (ValueError, TypeError, AttributeError):
+                    self.bad_toolsets.append(text[:60])
+        self.ids.append(table.column("id"))
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "trajectories": self.rows,
+            "splits": dict(sorted(self.splits.items())),
+            "decision_points": dict(sorted(self.points.items())),
+            "cohorts": {c: dict(sorted(v.items())) for c, v in sorted(self.cohorts.items())},
+        }
+
+    def duplicate_ids(self) -> list[str]:
+        if not self.ids:
+            return []
+        ids = pa.chunked_array([c for col in self.ids for c in col.chunks], pa.string())
+        if pc.count_distinct(ids).as_py() == len(ids):
+            return []
+        counts = pc.value_counts(ids)
+        dupes = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        return sorted(str(x) for x in dupes.to_pylist())
+
+
+def _table_to_trajectories(table: Any) -> list[Trajectory]:
+    """Trajectory records over one data file's columns (messages stay in Arrow until used)."""
+    tools_col = table.column("tools")
+    ids = table.column("id").to_pylist()
+    splits = table.column("split").to_pylist()
+    cohort_lists = table.column("cohorts").to_pylist()
+    steps = table.column("steps").to_pylist()
+    expected = table.column("expected").to_pylist()
+    scores = table.column("expert_scores").to_pylist()
+    metas = table.column("metadata").to_pylist()
+    # Shared values are made once: a toolset (dictionary-encoded), a cohort tuple, a split string.
+    toolsets: list[Any] = []
+    msg_chunks: list[tuple[Any, int]] = []
+    for chunk in tools_col.chunks:
+        sets = [json.loads(s) for s in chunk.dictionary.to_pylist()]
+        toolsets.extend(sets[k] for k in chunk.indices.to_pylist())
+    for chunk in table.column("messages").chunks:
+        msg_chunks.extend((chunk, k) for k in range(len(chunk)))
+    interned: dict[Any, Any] = {}
+    parsed: dict[str, Any] = {}
+
+    def share(value: Any) -> Any:
+        return interned.setdefault(value, value)
+
+    def cached(text: str) -> Any:
+        if len(text) >= 256:
+            return json.loads(text)
+        value = parsed.get(text)
+        if value is None:
+            value = parsed[text] = json.loads(text)
+        return value
+
+    out = []
+    for i, tid in enumerate(ids):
+        exp = expected[i]
+        chunk, k = msg_chunks[i]
+        out.append(
+            Trajectory(
+                id=tid,
+                cohorts=share(tuple(cohort_lists[i])),
+                split=share(splits[i]),
+                messages=LazyMessages(chunk, k),
+                tools=toolsets[i],
+                expected=None if exp is None else ExpectedOutcome.from_dict(json.loads(exp)),
+                expert_scores=cached(scores[i]),
+                metadata=cached(metas[i]),
+                step_indexes=tuple(steps[i]),
+            )
+        )
+    return out
+
+
 class DatasetStore:
-    """A dataset root: list, resolve, load and write versions.
+    """A dataset root: list, resolve, load, verify and write versions.
 
     ``root`` is a directory (relative paths are taken from ``base_dir``) or a pyarrow filesystem
     URI. ``source`` says where the root came from, for error messages.
@@ -190,6 +739,50 @@ class DatasetStore:
         items = [f"{n}@{v}" for n in self.names() for v in self.versions(n)]
         return ", ".join(items) if items else "none"
 
+    # -- staging leftovers -----------------------------------------------------------------------
+    def staging_leftovers(self, name: str | None = None) -> list[StagingLeftover]:
+        """Staging directories under the root (or under dataset ``name``): writes in progress or killed.
+
+        Only local roots stage; an object store has none (its writes leave no version until the
+        manifest lands, and the next write of that version replaces what a killed one left).
+        """
+        if not self.local or not os.path.isdir(self.root):
+            return []
+        names = [name] if name is not None else [d for d in self._dirs(self.root) if not d.startswith(".")]
+        now = time.time()
+        out = []
+        for n in names:
+            base = os.path.join(self.root, n)
+            try:
+                entries = sorted(os.listdir(base))
+            except OSError:
+                continue
+            for entry in entries:
+                path = os.path.join(base, entry)
+                if not entry.startswith(_STAGING_PREFIX) or not os.path.isdir(path):
+                    continue
+                version = entry[len(_STAGING_PREFIX):].rpartition("-")[0] or entry[len(_STAGING_PREFIX):]
+                try:
+                    age = now - os.stat(path).st_mtime
+                except OSError:
+                    continue
+                out.append(StagingLeftover(path, n, version, max(age, 0.0), _is_locked(path)))
+        return out
+
+    def clean_staging(self, name: str | None = None,
+                      older_than_s: float = STALE_STAGING_SECONDS) -> list[StagingLeftover]:
+        """Remove staging directories that no writer holds and that are at least ``older_than_s`` old.
+
+        Returns those removed. A write in progress holds its lock, so it is never removed.
+        """
+        removed = []
+        for s in self.staging_leftovers(name):
+            if not s.locked and s.age_s >= older_than_s:
+                shutil.rmtree(s.path, ignore_errors=True)
+                if not os.path.exists(s.path):
+                    removed.append(s)
+        return removed
+
     # -- resolution ------------------------------------------------------------------------------
     def resolve(self, ref: str, source: str = "--bclone-dataset") -> tuple[str, str]:
         """``v8``, ``name@v8``, ``latest`` or ``name@latest`` -> (name, version), checked to exist."""
@@ -223,35 +816,245 @@ class DatasetStore:
             f"{', '.join(n + '@' + vs[0] for n, vs in candidates)}; name the dataset, e.g. {candidates[0][0]}@{version}"
         )
 
-    # -- loading ---------------------------------------------------------------------------------
+    # -- loading and verifying ---------------------------------------------------------------------
     def load(self, ref: str, source: str = "--bclone-dataset") -> DatasetVersion:
-        """Resolve ``ref`` and load the version, verifying every data file's sha256."""
+        """Resolve ``ref`` and load the version, verifying its manifest and every data file."""
         name, version = self.resolve(ref, source)
-        return self.load_dir(f"{self.root}/{name}/{version}", source)
+        return self.load_dir(f"{self.root}/{name}/{version}", source, expect=(name, version))
 
-    def load_dir(self, path: str, source: str = "--bclone-dataset") -> DatasetVersion:
-        """Load the version stored in directory ``path`` (on this store's filesystem)."""
-        try:
-            with self.fs.open_input_stream(f"{path}/{MANIFEST}") as f:
-                manifest = json.loads(f.readall())
-        except FileNotFoundError:
+    def load_dir(self, path: str, source: str = "--bclone-dataset",
+                 expect: tuple[str, str] | None = None) -> DatasetVersion:
+        """Load the version stored in directory ``path`` (on this store's filesystem).
+
+        Raises IntegrityError (naming the file and the fix) for the first problem found;
+        ``expect`` is the (name, version) the directory is stored under, checked against the manifest.
+        """
+        check = _Check(raise_first=True)
+        manifest, tables = self._check_version(path, source, check, expect=expect, keep_tables=True)
+        assert manifest is not None
+        trajectories: list[Trajectory] = []
+        for table in tables:
+            trajectories.extend(_table_to_trajectories(table))
+        return DatasetVersion(manifest["name"], manifest["version"], path, manifest, tuple(trajectories))
+
+    def verify(self, ref: str, source: str = "bclone dataset validate") -> VerifyReport:
+        """Check a version completely and report every problem (no exception for a damaged version).
+
+        Checks the manifest's shape and fingerprint, that every path stays in the version directory,
+        each data file's size, sha256, Parquet schema and row count, the counts and toolset against
+        the data, unique ids, and (beyond :meth:`load`) that every row's stored JSON parses and its
+        decision points match its assistant messages. ``ref`` is a version name or a version
+        directory path. Unknown versions still raise DatasetNotFound.
+        """
+        if ("/" in ref or os.sep in ref) and self.local and os.path.isfile(os.path.join(ref, MANIFEST)):
+            path, expect, shown = os.path.abspath(ref), None, ref
+        else:
+            name, version = self.resolve(ref, source)
+            path, expect, shown = f"{self.root}/{name}/{version}", (name, version), f"{name}@{version}"
+        report = VerifyReport(ref=shown, path=path)
+        check = _Check(raise_first=False)
+        manifest, _ = self._check_version(path, source, check, expect=expect, keep_tables=False, deep=True,
+                                          report=report)
+        report.problems = check.problems
+        if manifest is not None:
+            report.fingerprint = manifest.get("fingerprint")
+        if self.local and expect is not None:
+            report.staging = self.staging_leftovers(expect[0])
+        return report
+
+    def _check_version(
+        self,
+        path: str,
+        source: str,
+        check: _Check,
+        *,
+        expect: tuple[str, str] | None,
+        keep_tables: bool,
+        deep: bool = False,
+        report: VerifyReport | None = None,
+    ) -> tuple[dict[str, Any] | None, list[Any]]:
+        manifest = self._read_manifest(path, source, check)
+        if manifest is None:
+            return None, []
+        where = f"{path}/{MANIFEST}"
+        if expect is not None and (manifest["name"], manifest["version"]) != expect:
+            check.fail(IntegrityError(
+                f"{where} names {manifest['name']}@{manifest['version']} but is stored as {expect[0]}@{expect[1]}: "
+                f"the version directory was renamed or copied; move it back, or {_RESTORE}"))
+        tally = _DataTally()
+        tables = []
+        listed = {e["path"] for e in manifest["files"]}
+        for entry in manifest["files"]:
+            table = self._read_data_file(path, entry, check)
+            if table is None:
+                continue
+            tally.add(table)
+            if deep:
+                self._check_rows(f"{path}/{entry['path']}", table, check)
+            if report is not None:
+                report.files_checked += 1
+            if keep_tables:
+                tables.append(table)
+        failed_files = report is not None and report.files_checked < len(manifest["files"])
+        if not failed_files:
+            self._check_counts(where, manifest, tally, check)
+        if report is not None:
+            report.trajectories = tally.rows
+            report.decision_points = sum(tally.points.values())
+            try:
+                report.unlisted_files = sorted(
+                    i.base_name for i in self.fs.get_file_info(pafs.FileSelector(path))
+                    if i.type == pafs.FileType.File and i.base_name not in listed and i.base_name != MANIFEST)
+            except OSError:
+                pass
+        return manifest, tables
+
+    def _read_manifest(self, path: str, source: str, check: _Check) -> dict[str, Any] | None:
+        where = f"{path}/{MANIFEST}"
+        info = self.fs.get_file_info(where)
+        if info.type == pafs.FileType.NotFound:
             raise DatasetNotFound(
                 f"{path!r} (from {source}) holds no {MANIFEST}: it is not a complete dataset version "
                 "(an interrupted write leaves none); rebuild it with `bclone dataset import`"
-            ) from None
-        trajectories: list[Trajectory] = []
-        for entry in manifest["files"]:
-            with self.fs.open_input_stream(f"{path}/{entry['path']}") as f:
-                data = f.readall()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != entry["sha256"]:
-                raise IntegrityError(
-                    f"data file {path}/{entry['path']} has sha256 {digest[:16]}... but {MANIFEST} records "
-                    f"{entry['sha256'][:16]}...: the file was changed after the version was written; restore it "
-                    "or rebuild the version under a new name (versions are write-once)"
-                )
-            trajectories.extend(_table_to_trajectories(pq.read_table(pa.BufferReader(data), read_dictionary=["tools"])))
-        return DatasetVersion(manifest["name"], manifest["version"], path, manifest, tuple(trajectories))
+            )
+        problem = self._confinement_problem(path, MANIFEST, info)
+        if problem is None and info.size is not None and info.size > _MAX_MANIFEST_BYTES:
+            problem = f"{where} is {info.size} bytes, far larger than any manifest"
+        if problem is not None:
+            check.fail(IntegrityError(f"{problem}; {_RESTORE}"))
+            return None
+        try:
+            with self.fs.open_input_stream(where) as f:
+                raw = f.readall()
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            check.fail(IntegrityError(f"{where} is not valid JSON ({exc}): the manifest is damaged; {_RESTORE}"))
+            return None
+        except OSError as exc:
+            check.fail(IntegrityError(f"{where} cannot be read ({exc}); check its permissions, or {_RESTORE}"))
+            return None
+        shape = _manifest_shape_problems(manifest, where)
+        if shape:
+            for p in shape:
+                check.fail(IntegrityError(p))
+            return None
+        computed = manifest_fingerprint(manifest)
+        if computed != manifest["fingerprint"]:
+            check.fail(IntegrityError(
+                f"{where} was edited after the version was written: its content no longer matches its fingerprint "
+                f"(recorded {manifest['fingerprint'][:16]}..., computed {computed[:16]}...), so its counts, toolset, "
+                f"lineage or file hashes cannot be trusted; {_RESTORE}"))
+        return dict(manifest)
+
+    def _confinement_problem(self, directory: str, name: str, info: Any) -> str | None:
+        """Why ``directory/name`` must not be opened (a symlink leaving the directory, not a file), or None."""
+        path = f"{directory}/{name}"
+        if self.local:
+            real_dir = os.path.realpath(directory)
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, real_dir]) != real_dir or os.path.dirname(real) != real_dir:
+                return f"{path} resolves to {real}, outside the version directory {real_dir}; refusing to open it"
+            if not os.path.isfile(real):
+                return f"{path} is not a regular file; refusing to open it"
+        elif info.type != pafs.FileType.File:
+            return f"{path} is not a file; refusing to open it"
+        return None
+
+    def _read_data_file(self, path: str, entry: Mapping[str, Any], check: _Check) -> Any | None:
+        fpath = f"{path}/{entry['path']}"
+        info = self.fs.get_file_info(fpath)
+        if info.type == pafs.FileType.NotFound:
+            check.fail(IntegrityError(
+                f"data file {fpath} listed in {MANIFEST} is missing: it was deleted or never fully written; {_RESTORE}"))
+            return None
+        problem = self._confinement_problem(path, entry["path"], info)
+        if problem is not None:
+            check.fail(IntegrityError(f"data file {problem}; {_RESTORE}"))
+            return None
+        if info.size != entry["bytes"]:
+            check.fail(IntegrityError(
+                f"data file {fpath} has {info.size} bytes but {MANIFEST} records {entry['bytes']}: it was "
+                f"{'truncated' if info.size < entry['bytes'] else 'changed'} after the version was written; {_RESTORE}"))
+            return None
+        try:
+            with self.fs.open_input_file(fpath) as f:
+                data = f.read_buffer()
+        except OSError as exc:
+            check.fail(IntegrityError(f"data file {fpath} cannot be read ({exc}); check its permissions, or {_RESTORE}"))
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            check.fail(IntegrityError(
+                f"data file {fpath} has sha256 {digest[:16]}... but {MANIFEST} records {entry['sha256'][:16]}...: "
+                f"the file was changed after the version was written; {_RESTORE}"))
+            return None
+        try:
+            table = pq.read_table(pa.BufferReader(data), read_dictionary=["tools"])
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            check.fail(IntegrityError(f"data file {fpath} is not a readable Parquet file ({exc}): it is truncated "
+                                      f"or corrupt; {_RESTORE}"))
+            return None
+        problem = _schema_problem(table.schema)
+        if problem is not None:
+            check.fail(IntegrityError(f"data file {fpath} is not a trajectory table: it {problem}; {_RESTORE}"))
+            return None
+        if table.num_rows != entry["rows"]:
+            check.fail(IntegrityError(f"data file {fpath} holds {table.num_rows} rows but {MANIFEST} records "
+                                      f"{entry['rows']}; {_RESTORE}"))
+            return None
+        nulls = [c for c in _NOT_NULL if table.column(c).null_count]
+        if nulls:
+            check.fail(IntegrityError(f"data file {fpath} has empty (null) values in column {nulls[0]!r}, which every "
+                                      f"row must have; {_RESTORE}"))
+            return None
+        return table
+
+    def _check_counts(self, where: str, manifest: Mapping[str, Any], tally: _DataTally, check: _Check) -> None:
+        data = tally.counts()
+        recorded = manifest["counts"]
+        for key in ("trajectories", "splits", "decision_points", "cohorts"):
+            if recorded.get(key) != data[key]:
+                check.fail(IntegrityError(
+                    f"{where}: counts.{key} records {json.dumps(recorded.get(key), sort_keys=True)} but the data "
+                    f"holds {json.dumps(data[key], sort_keys=True)}; {_RESTORE}"))
+        bad_splits = sorted(set(tally.splits) - set(_SPLITS))
+        if bad_splits:
+            check.fail(IntegrityError(f"{where}: the data has split {bad_splits[0]!r}, not train or eval; {_RESTORE}"))
+        if tally.bad_toolsets:
+            check.fail(IntegrityError(f"{where}: a stored toolset is not a JSON list of tools "
+                                      f"({tally.bad_toolsets[0]!r}); {_RESTORE}"))
+        elif sorted(tally.toolset) != list(manifest["toolset"]):
+            check.fail(IntegrityError(
+                f"{where}: toolset records {manifest['toolset']} but the data's tools are {sorted(tally.toolset)}; "
+                f"{_RESTORE}"))
+        dupes = tally.duplicate_ids()
+        if dupes:
+            check.fail(IntegrityError(f"{where}: trajectory id {dupes[0]!r} appears more than once in the data; "
+                                      f"{_RESTORE}"))
+
+    def _check_rows(self, fpath: str, table: Any, check: _Check) -> None:
+        """The deep check of ``verify``: every row's stored JSON parses to a valid row again."""
+        rows = zip(table.column("id").to_pylist(), table.column("cohorts").to_pylist(),
+                   table.column("split").to_pylist(), table.column("messages").to_pylist(),
+                   table.column("tools").to_pylist(), table.column("expected").to_pylist(),
+                   table.column("expert_scores").to_pylist(), table.column("metadata").to_pylist(),
+                   table.column("steps").to_pylist(), strict=True)
+        for k, (rid, cohorts, split, msgs, tools, exp, scores, meta, steps) in enumerate(rows):
+            where = f"data file {fpath} row {k}"
+            try:
+                row = {"id": rid, "cohorts": cohorts, "split": split, "messages": json.loads(msgs),
+                       "tools": json.loads(tools), "expected": None if exp is None else json.loads(exp),
+                       "expert_scores": json.loads(scores), "metadata": json.loads(meta)}
+                values = _row_values(row, where)
+            except ValueError as exc:  # JSON that does not parse
+                check.fail(IntegrityError(f"{where}: stored JSON does not parse ({exc}); {_RESTORE}"))
+                continue
+            except RowError as exc:
+                check.fail(IntegrityError(f"{exc} (stored data); {_RESTORE}"))
+                continue
+            if values[-1] != steps:
+                check.fail(IntegrityError(f"{where}: row {rid!r} records decision points at messages {steps} but "
+                                          f"its assistant messages are at {values[-1]}; {_RESTORE}"))
 
     # -- writing ---------------------------------------------------------------------------------
     def write_version(
@@ -266,162 +1069,193 @@ class DatasetStore:
         source: str = "write_version",
         created: str | None = None,
     ) -> dict[str, Any]:
-        """Write a new version; returns its manifest.
+        """Write a new version from trajectories or rows; returns its manifest.
 
-        Rows are validated against the schema unless ``validate`` is False (importers validate
+        Rows are validated against the JSON schema unless ``validate`` is False (importers validate
         with line numbers themselves). Raises VersionExists if the version already exists.
         ``created`` fixes the creation time (for byte-for-byte reproducible builds).
+        Streams: see :meth:`write_version_stream`.
+        """
+        rows = (trajectory_to_row(t) if isinstance(t, Trajectory) else t for t in trajectories)
+        return self.write_version_stream(name, version, rows, parent=parent, lineage=lineage, source=source,
+                                         created=created, validate=validate_row if validate else None)
+
+    def write_version_stream(
+        self,
+        name: str,
+        version: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        parent: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        source: str = "write_version_stream",
+        created: str | None = None,
+        validate: RowValidator | None = None,
+    ) -> dict[str, Any]:
+        """Write a new version from a stream of rows in bounded memory; returns its manifest.
+
+        Rows are encoded as they arrive into row groups of :data:`ROWS_PER_GROUP` and data files of
+        :data:`ROWS_PER_FILE`; only the manifest's tallies (counts, toolset, the set of ids for the
+        duplicate check) are kept. ``validate(row, where)`` is called on each row first (``where``
+        is ``"<source> row <i>"``); whatever it does, the store checks each row's shape itself and
+        raises RowError for a row it could not load back (a string for cohorts, NaN scores...).
+
+        Write-once: VersionExists if ``name@version`` has a manifest. Locally the files go to a
+        locked ``.staging-*`` directory renamed into place at the end; on an object store data files
+        get names unique to this write and the manifest is written last. Any error (or interrupt)
+        removes what this write wrote; a killed write leaves at most files that are not a version.
         """
         check_name(name, "dataset name", source)
         check_name(version, "dataset version", source)
+        if parent is not None and not isinstance(parent, str):
+            raise DatasetError(f"parent {parent!r} (from {source}) is not a version name; pass e.g. v7")
+        lineage_dict = dict(lineage or {})
+        try:
+            _json(lineage_dict)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"lineage of {name}@{version} (from {source}) cannot be stored as JSON ({exc}); "
+                               "pass plain JSON values") from None
         final = f"{self.root}/{name}/{version}"
-        if self._exists(final):
+        if self._exists(f"{final}/{MANIFEST}"):
             raise VersionExists(
                 f"dataset version {name}@{version} already exists at {final}; versions are write-once: "
                 "write a new version (e.g. the next number) instead"
             )
-        rows = []
-        for i, item in enumerate(trajectories):
-            row = trajectory_to_row(item) if isinstance(item, Trajectory) else dict(item)
-            if validate:
-                validate_row(row, f"{source} row {i}")
-            rows.append(row)
-        ids = Counter(r["id"] for r in rows)
-        dupes = [k for k, c in ids.items() if c > 1]
-        if dupes:
-            raise RowError(f"{source}: trajectory id {dupes[0]!r} appears {ids[dupes[0]]} times; ids must be unique")
-        staging = f"{self.root}/{name}/.staging-{version}-{uuid.uuid4().hex[:8]}" if self.local else final
-        self.fs.create_dir(staging, recursive=True)
+        token = uuid.uuid4().hex[:8]
+        lock: _StagingLock | None = None
+        written: list[str] = []
+        started = time.time()
+        if self.local:
+            self.clean_staging(name)
+            target = f"{self.root}/{name}/{_STAGING_PREFIX}{version}-{token}"
+            os.makedirs(target)
+            prefix = "data-"
+        else:
+            target, prefix = final, f"data-{token}-"
         try:
-            files = []
-            for k in range(0, max(len(rows), 1), ROWS_PER_FILE):
-                fname = f"data-{k // ROWS_PER_FILE:05d}.parquet"
-                data = _rows_to_parquet(rows[k : k + ROWS_PER_FILE])
-                self._write_bytes(f"{staging}/{fname}", data)
-                n = len(rows[k : k + ROWS_PER_FILE])
-                files.append({"path": fname, "sha256": hashlib.sha256(data).hexdigest(), "rows": n, "bytes": len(data)})
-            manifest = _manifest(name, version, parent, rows, files, lineage, created)
-            self._write_bytes(f"{staging}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
             if self.local:
-                if self._exists(final):  # another writer won the race
+                lock = _StagingLock(target)
+            tally = _Tally(source)
+            files: list[dict[str, Any]] = []
+            current: _ParquetFile | None = None
+            for i, row in enumerate(rows):
+                where = f"{source} row {i}"
+                if validate is not None:
+                    validate(row, where)
+                values = _row_values(row, where)
+                tally.add(values, row.get("tools") or (), where)
+                if current is None:
+                    current = _ParquetFile()
+                current.add(values)
+                if current.rows >= ROWS_PER_FILE:
+                    files.append(self._put(target, f"{prefix}{len(files):05d}.parquet", current, written))
+                    current = None
+            if current is not None or not files:
+                files.append(self._put(target, f"{prefix}{len(files):05d}.parquet", current or _ParquetFile(), written))
+            manifest = _manifest(name, version, parent, tally, files, lineage_dict, created)
+            body = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+            if self.local:
+                self._write_bytes(f"{target}/{MANIFEST}", body)
+                if lock is not None:
+                    lock.release()
+                self._publish_local(target, final, name, version)
+            else:
+                if self._exists(f"{final}/{MANIFEST}"):  # another writer won the race
                     raise VersionExists(f"dataset version {name}@{version} was created meanwhile at {final}")
-                os.rename(staging, final)
+                self._write_bytes(f"{final}/{MANIFEST}", body)  # the version exists from this moment
+                written.clear()
+                self._remove_leftovers(final, manifest, started)
         except BaseException:
-            if self.local and self._exists(staging):
-                self.fs.delete_dir(staging)
+            if self.local:
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                for p in written:
+                    try:
+                        self.fs.delete_file(p)
+                    except OSError:
+                        pass  # a file that stays is not a version (no manifest) and is replaced later
             raise
+        finally:
+            if lock is not None:
+                lock.release()
         return manifest
+
+    def _put(self, directory: str, fname: str, pf: _ParquetFile, written: list[str]) -> dict[str, Any]:
+        data = pf.finish()
+        path = f"{directory}/{fname}"
+        written.append(path)
+        self._write_bytes(path, data)
+        return {"path": fname, "sha256": hashlib.sha256(data).hexdigest(), "rows": pf.rows, "bytes": len(data)}
+
+    def _publish_local(self, staging: str, final: str, name: str, version: str) -> None:
+        """Rename the finished staging directory into place; a directory without a manifest is replaced."""
+        if os.path.lexists(final) and not os.path.isdir(final):
+            raise DatasetError(f"{final} exists and is not a directory; move it away to write {name}@{version}")
+        if os.path.isdir(final) and not os.path.exists(os.path.join(final, MANIFEST)):
+            # Not a version (no manifest): a write that died before its rename, or an empty directory.
+            # Replace it, but only if it holds nothing a person put there.
+            foreign = [e for e in os.listdir(final) if not (_FILE_RE.match(e) or e == _LOCK)]
+            if foreign:
+                raise DatasetError(
+                    f"{final} exists without a {MANIFEST} and holds {', '.join(sorted(foreign)[:3])}, which are not "
+                    f"dataset files; move them away or write another version name than {version}")
+            shutil.rmtree(final)
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another writer won the race
+                raise VersionExists(f"dataset version {name}@{version} was created meanwhile at {final}") from None
+            raise
+
+    def _remove_leftovers(self, final: str, manifest: Mapping[str, Any], started: float) -> None:
+        """Object stores: delete files of killed earlier writes of this version (older than this write)."""
+        listed = {e["path"] for e in manifest["files"]} | {MANIFEST}
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(final))
+        except OSError:
+            return
+        for i in infos:
+            if i.type != pafs.FileType.File or i.base_name in listed:
+                continue
+            if i.mtime is None or i.mtime.timestamp() < started:
+                try:
+                    self.fs.delete_file(i.path)
+                except OSError:
+                    pass
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         with self.fs.open_output_stream(path) as f:
             f.write(data)
 
 
-def _rows_to_parquet(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    cols: dict[str, list[Any]] = {f.name: [] for f in _ARROW_SCHEMA}
-    for r in rows:
-        cols["id"].append(r["id"])
-        cols["cohorts"].append(list(r.get("cohorts") or ()))
-        cols["split"].append(r.get("split", "eval"))
-        cols["messages"].append(canonical_json(r["messages"]))
-        cols["tools"].append(canonical_json(r.get("tools") or []))
-        exp = r.get("expected")
-        cols["expected"].append(None if exp is None else canonical_json(exp))
-        cols["expert_scores"].append(canonical_json(r.get("expert_scores") or {}))
-        cols["metadata"].append(canonical_json(r.get("metadata") or {}))
-        cols["steps"].append([i for i, m in enumerate(r["messages"]) if m.get("role") == "assistant"])
-    table = pa.table(cols, schema=_ARROW_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", use_dictionary=["tools", "split", "metadata", "expert_scores"])
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def _table_to_trajectories(table: pa.Table) -> list[Trajectory]:
-    tools_col = table.column("tools").combine_chunks()
-    # A toolset shared by many rows is parsed once (the column is dictionary-encoded).
-    toolsets = [json.loads(s) for s in tools_col.dictionary.to_pylist()]
-    tool_idx = tools_col.indices.to_pylist()
-    parsed: dict[str, Any] = {}
-
-    def cached(text: str | None) -> Any:
-        if text is None:
-            return None
-        if text not in parsed:
-            parsed[text] = json.loads(text)
-        return parsed[text]
-
-    out = []
-    for i, (tid, cohorts, split, msgs, exp, scores, meta, steps) in enumerate(
-        zip(
-            table.column("id").to_pylist(),
-            table.column("cohorts").to_pylist(),
-            table.column("split").to_pylist(),
-            table.column("messages").to_pylist(),
-            table.column("expected").to_pylist(),
-            table.column("expert_scores").to_pylist(),
-            table.column("metadata").to_pylist(),
-            table.column("steps").to_pylist(),
-        )
-    ):
-        out.append(
-            Trajectory(
-                id=tid,
-                cohorts=tuple(cohorts),
-                split=split,
-                messages=LazyMessages(msgs),
-                tools=toolsets[tool_idx[i]],
-                expected=None if exp is None else ExpectedOutcome.from_dict(json.loads(exp)),
-                expert_scores=cached(scores),
-                metadata=cached(meta) if len(meta) < 256 else json.loads(meta),
-                step_indexes=tuple(steps),
-            )
-        )
-    return out
-
-
 def _manifest(
     name: str,
     version: str,
     parent: str | None,
-    rows: Sequence[Mapping[str, Any]],
+    tally: _Tally,
     files: list[dict[str, Any]],
-    lineage: Mapping[str, Any] | None,
+    lineage: Mapping[str, Any],
     created: str | None,
 ) -> dict[str, Any]:
-    splits: Counter[str] = Counter()
-    cohorts: dict[str, Counter[str]] = {}
-    points: Counter[str] = Counter()
-    toolset: set[str] = set()
-    for r in rows:
-        split = r.get("split", "eval")
-        splits[split] += 1
-        n_points = sum(1 for m in r["messages"] if m.get("role") == "assistant")
-        points[split] += n_points
-        for c in r.get("cohorts") or ():
-            cohorts.setdefault(c, Counter())[split] += 1
-        toolset.update(tool_name(t) for t in r.get("tools") or ())
-    return {
-        "format": "pytest-bclone-dataset",
+    manifest = {
+        "format": MANIFEST_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "version": version,
         "parent": parent,
         "created": created or datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": {
-            "trajectories": len(rows),
-            "splits": dict(sorted(splits.items())),
-            "decision_points": dict(sorted(points.items())),
-            "cohorts": {c: dict(sorted(v.items())) for c, v in sorted(cohorts.items())},
-        },
-        "toolset": sorted(toolset),
-        "lineage": dict(lineage or {}),
+        "counts": tally.counts(),
+        "toolset": sorted(tally.toolset),
+        "lineage": dict(lineage),
         "files": files,
     }
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
+    return manifest
 
 
 def row_digest(t: Trajectory) -> str:
-    """A content hash of one trajectory (used by diff to find changed rows)."""
-    return hashlib.sha256(canonical_json(trajectory_to_row(t)).encode()).hexdigest()
+    """A content hash of one whole trajectory row (id, cohorts, split, messages, tools, metadata...)."""
+    return hashlib.sha256(_json(trajectory_to_row(t)).encode()).hexdigest()
 
 
 def load_ref(ref: str, root: str, base_dir: str = ".", source: str = "--bclone-dataset",
@@ -438,10 +1272,16 @@ def load_ref(ref: str, root: str, base_dir: str = ".", source: str = "--bclone-d
 
 __all__ = [
     "MANIFEST",
+    "ROWS_PER_FILE",
+    "STALE_STAGING_SECONDS",
     "DatasetStore",
     "DatasetVersion",
     "LazyMessages",
+    "RowValidator",
+    "StagingLeftover",
+    "VerifyReport",
     "check_name",
     "load_ref",
+    "manifest_fingerprint",
     "row_digest",
 ]
