@@ -134,28 +134,53 @@ def test_task_completion_without_expected_outcome_requires_the_experts_state_cha
     assert rollout(reads, [LOOKUP, say("ok")], ["task_completion"])["task_completion"].value == 1.0
 
 
-def test_task_completion_step_mode_counts_reproduced_requirements() -> None:
+def test_task_completion_step_mode_scores_the_expected_outcome_over_all_decision_points() -> None:
     t = refund_trajectory(EXPECTED)
     expert = [FIND, LOOKUP, CANCEL, DONE]
     full = step_mode(t, expert, ["task_completion"])["task_completion"]
-    assert full.value == 1.0 and full.reason.startswith("2 of 2 required item(s) reproduced")
-    # the cancel is reproduced at step 2, the output is not in the reply of step 3
-    half = step_mode(t, [FIND, LOOKUP, CANCEL, say("Done.")], ["task_completion"])["task_completion"]
-    assert half.value == 0.5
-    assert "step 3: output 'refund of 1000 usd' not in the reply" in half.reason
-    # an unwanted state change counts against it: 2 reproduced / (2 located + 1 unwanted)
-    unwanted = step_mode(t, [FIND, CANCEL, CANCEL, DONE], ["task_completion"])["task_completion"]
-    assert unwanted.value == pytest.approx(2 / 3)
-    assert "step 1: unwanted state-changing call cancel_pending_order" in unwanted.reason
+    assert full.value == 1.0
+    assert full.reason == "met (expected outcome, step mode): 1 required action(s), 1 output(s)"
+    # the cancel is made, the output is missing from every reply
+    no_output = step_mode(t, [FIND, LOOKUP, CANCEL, say("Done.")], ["task_completion"])["task_completion"]
+    assert no_output.value == 0.0
+    assert "output 'refund of 1000 usd' not in the replies" in no_output.reason
+    # a requirement met at another decision point than the expert's still counts (same rule as rollouts)
+    early = step_mode(t, [CANCEL, LOOKUP, say("ok"), DONE], ["task_completion"])["task_completion"]
+    assert early.value == 1.0
+    # a second cancel is a state change beyond the required ones
+    twice = step_mode(t, [FIND, CANCEL, CANCEL, DONE], ["task_completion"])["task_completion"]
+    assert twice.value == 0.0
+    assert "unwanted state-changing call cancel_pending_order" in twice.reason
 
 
-def test_task_completion_step_mode_leaves_out_what_the_expert_never_did() -> None:
+def test_task_completion_step_mode_scores_the_recorded_expert_against_the_expected_outcome() -> None:
+    # Same reference for both agents: the recorded expert's own actions are scored against the
+    # expected outcome exactly as a clone's are, so an expert run that missed it is not 100.
     expected = ExpectedOutcome((call("cancel_pending_order", order_id="W1", reason="no longer needed"),
                                 call("modify_items", order_id="W1", item_ids=["1"])), ())
-    t = refund_trajectory(expected)
-    score = step_mode(t, [FIND, LOOKUP, CANCEL, DONE], ["task_completion"])["task_completion"]
-    assert score.value == 1.0
-    assert "1 never performed by the recorded expert, not checkable in step mode" in score.reason
+    missed = refund_trajectory(expected)  # the expert never modified the items
+    met = traj("Cancel order W1 please.", FIND, LOOKUP, CANCEL, DONE, id="t2", expected=EXPECTED)
+    points = missed.decision_points() + met.decision_points()
+    recorded = [(p, p.expert_action) for p in points]  # the recorded expert, as replay serves it
+    scores = score_trajectories(REGISTRY, ["task_completion"], group_by_trajectory(recorded))["task_completion"]
+    assert [s.value for s in scores] == [0.0, 1.0]
+    assert "missing modify_items(item_ids=['1'], order_id='W1')" in scores[0].reason
+    # a clone doing what the expected outcome asks scores above the expert on that trajectory
+    fixed = [FIND, LOOKUP, act(call("cancel_pending_order", order_id="W1", reason="no longer needed"),
+                                 call("modify_items", order_id="W1", item_ids=["1"])), DONE]
+    assert step_mode(missed, fixed, ["task_completion"])["task_completion"].value == 1.0
+
+
+def test_task_completion_step_mode_without_expected_outcome_locates_the_experts_calls() -> None:
+    t = refund_trajectory()  # no expected outcome: the expert's state-changing calls are required
+    assert step_mode(t, [FIND, LOOKUP, CANCEL, DONE], ["task_completion"])["task_completion"].value == 1.0
+    missed = step_mode(t, [FIND, LOOKUP, say("ok"), DONE], ["task_completion"])["task_completion"]
+    assert missed.value == 0.0
+    assert "step 2: not reproduced cancel_pending_order" in missed.reason
+    # an unwanted state change counts against it: 1 reproduced / (1 located + 1 unwanted)
+    unwanted = step_mode(t, [FIND, CANCEL, CANCEL, DONE], ["task_completion"])["task_completion"]
+    assert unwanted.value == pytest.approx(1 / 2)
+    assert "step 1: unwanted state-changing call cancel_pending_order" in unwanted.reason
 
 
 def test_step_count() -> None:

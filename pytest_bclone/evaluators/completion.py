@@ -32,12 +32,18 @@ class TaskCompletion:
     agent's replies, the agent performed no state-changing call beyond the required ones, and the
     environment's end-state check (``Episode.final_state_ok``) did not fail (``None`` = no check).
 
-    **Step mode** (graded): each required action is located at the decision point where the
-    recorded expert performed it, each required output where the expert's reply first contains it;
-    it is *reproduced* when the agent's action at that point contains it too. An agent
-    state-changing call the expert did not make at that point is an *unwanted* call. Score =
-    reproduced / (located + unwanted); 1.0 when nothing applies. Requirements the recorded expert
-    never performed cannot be located in step mode: they are left out and named in the reason.
+    **Step mode, with an expected outcome** (binary): the same rule applied to the agent's actions
+    at all the trajectory's decision points taken together (each action taken on the recorded
+    expert's prefix), without an environment check. The recorded expert is scored by exactly this
+    rule on its own recorded actions, so it is *not* 1.0 by definition: where the recording missed
+    the expected outcome (a failed expert run), the expert scores 0 there like any other agent.
+
+    **Step mode, without an expected outcome** (graded): the required actions are then the recorded
+    expert's own calls, located at the decision point where the expert made them; one is
+    *reproduced* when the agent's action at that point contains it too. An agent state-changing
+    call the expert did not make at that point is an *unwanted* call. Score = reproduced /
+    (located + unwanted); 1.0 when nothing applies. Here the recorded expert is the reference and
+    scores 1.0 by construction (there is no other reference to score it against).
     """
 
     name = "task_completion"
@@ -63,7 +69,12 @@ class TaskCompletion:
         """1.0 when the expected outcome is met in the rollout, else 0.0 with what is missing."""
         tools = toolset(trajectory.tools)
         required, outputs, source = self.requirements(trajectory, tools, expert_actions(trajectory))
-        agent = [c for a in episode.actions for c in a.tool_calls]
+        return self._outcome(required, outputs, source, tools, episode.actions, episode.final_state_ok)
+
+    def _outcome(self, required: Sequence[ToolCall], outputs: Sequence[str], source: str, tools: Toolset,
+                 actions: Sequence[Action], final_state_ok: bool | None) -> Score:
+        """The binary rule: every required action and output among ``actions``, no unwanted state change."""
+        agent = [c for a in actions for c in a.tool_calls]
         agent_keys = keyed_calls(agent, tools)  # once: unparseable calls get unique keys
         left = Counter(agent_keys)
         problems = [f"missing {describe_call(c)}" for c, k in zip(required, keyed_calls(required, tools))
@@ -72,21 +83,26 @@ class TaskCompletion:
             # calls not consumed by a requirement: state-changing ones are unwanted side effects
             if take_one(left, key) and self.policy.is_state_changing(call.name, tools):
                 problems.append(f"unwanted state-changing call {describe_call(call)}")
-        replies = normalize_text(" ".join(a.text for a in episode.actions if a.text))
+        replies = normalize_text(" ".join(a.text for a in actions if a.text))
         problems += [f"output {o!r} not in the replies" for o in outputs if normalize_text(o) not in replies]
-        if episode.final_state_ok is False:
+        if final_state_ok is False:
             problems.append("the environment's final-state check failed")
         if problems:
             return Score(0.0, f"not met ({source}): " + _shorten(problems))
-        check = ", final-state check passed" if episode.final_state_ok else ""
+        check = ", final-state check passed" if final_state_ok else ""
         return Score(1.0, f"met ({source}): {len(required)} required action(s), {len(outputs)} output(s){check}")
 
     def score_trajectory(self, trajectory: Trajectory, steps: Sequence[Step]) -> Score:
-        """Share of located requirements reproduced at their decision points (unwanted calls count
-        against it)."""
+        """With an expected outcome: whether the agent's actions over all decision points meet it
+        (the rollout rule). Without one: the share of the recorded expert's calls reproduced at
+        their decision points (unwanted calls count against it)."""
         if not steps:
             return Score(1.0, "no decision points")
         tools = steps[0].tools
+        expected = trajectory.expected
+        if expected is not None:
+            return self._outcome(expected.actions, expected.outputs, "expected outcome, step mode", tools,
+                                 [s.action for s in steps], None)
         experts = [s.expert for s in steps]
         required, outputs, source = self.requirements(trajectory, tools, experts)
         e_keys = [[call_key(c.name, a) for c, a in zip(s.expert.tool_calls, s.expert_args)] for s in steps]
