@@ -85,6 +85,11 @@ def _prices(items: list[str]) -> dict[str, tuple[float, float]]:
                 f"{item!r} is not MODEL=IN/OUT (USD per million input/output tokens), "
                 "e.g. openai/gpt-4o-mini=0.15/0.60"
             ) from None
+        if not all(math.isfinite(p) and p >= 0 for p in prices[model]):
+            # A negative or NaN price would turn the estimated saving into nonsense (or a "saving"
+            # from a dearer clone): refuse it like any other malformed value.
+            raise ValueError(f"{item!r} has a price that is negative or not a number; prices are USD per million "
+                             "tokens, zero or more, e.g. openai/gpt-4o-mini=0.15/0.60")
     return prices
 
 
