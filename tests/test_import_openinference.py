@@ -20,7 +20,7 @@ from pytest_bclone.dataset.store import DatasetStore
 from pytest_bclone.errors import ImportFormatError, RowError
 
 SAMPLE = Path(__file__).parent / "data" / "openinference_sample.jsonl"
-T1 = "otel-5b8aa5a2d2c872e8321cf37308d69df2"
+T1 = "otel-session-sess-7f3a"  # its spans name a session: grouped by it
 T2 = "otel-9c1f0e4b77aa4c3db1f2e0d9a8b7c6d5"
 
 
@@ -220,7 +220,7 @@ def test_trace_with_two_conversations(tmp_path: Path) -> None:
     line = _line_of(spans, "0x1a2b3c4d5e6f7081")
     spans[line - 1]["attributes"]["llm.input_messages.1.message.content"] = "Something else entirely"
     with pytest.raises(RowError, match=rf":{line}: .*message 1 of this LLM call \(user\) is not message 1 of the "
-                                       r"trace's last LLM call .*holds more than one conversation"):
+                                       r"session sess-7f3a's last LLM call .*holds more than one conversation"):
         read_openinference(_write_jsonl(tmp_path / "bad.jsonl", spans))
 
 
@@ -240,13 +240,13 @@ def test_bad_otlp_attribute(tmp_path: Path) -> None:
     doc["resourceSpans"][0]["scopeSpans"][0]["spans"][4]["attributes"][2] = {"value": {"stringValue": "x"}}
     path = tmp_path / "traces.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(RowError, match=r"traces\.json\[span 4\]: field attributes\[2\]: an OTLP attribute"):
+    with pytest.raises(RowError, match=r"traces\.json:1\[span 4\]: field attributes\[2\]: an OTLP attribute"):
         read_openinference(str(path))
 
 
 def test_no_llm_span(tmp_path: Path) -> None:
     spans = [s for s in _spans() if s["attributes"]["openinference.span.kind"] != "LLM"]
-    with pytest.raises(ImportFormatError, match=r"no OpenInference LLM span .* among 6 spans"):
+    with pytest.raises(ImportFormatError, match=r"none of its 6 spans is an LLM call of a known convention; tried OpenInference"):
         read_openinference(_write_jsonl(tmp_path / "tools_only.jsonl", spans))
 
 
