@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import time
 
 import pytest
 
 from pytest_bclone.dataset.store import DatasetStore, load_ref
-from pytest_bclone.errors import DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
+from pytest_bclone.errors import (
+    DatasetError,
+    DatasetNotFound,
+    IntegrityError,
+    RowError,
+    UnsafeVersionName,
+    VersionExists,
+)
 from pytest_bclone.records import Action
 
 from .conftest import make_row
@@ -166,3 +176,284 @@ def test_s3_store_through_a_local_s3_server(s3_server, rows, monkeypatch):
     assert len(v.trajectories) == 12 and v.manifest["counts"]["splits"]["eval"] == 9
     with pytest.raises(VersionExists):
         store.write_version("support", "v8", rows)
+
+
+# -- tamper evidence ------------------------------------------------------------------------------------
+def _edit_manifest(version_dir, mutate, *, refingerprint=False):
+    """Edit a version's manifest in place; with ``refingerprint`` the editor also recomputes the
+    fingerprint (a careful tamperer), so only the checks against the data can catch the edit."""
+    from pytest_bclone.dataset.store import manifest_fingerprint
+
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    mutate(manifest)
+    if refingerprint:
+        manifest["fingerprint"] = manifest_fingerprint(manifest)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def test_manifest_carries_a_fingerprint_over_its_content_and_every_file_hash(tmp_path, rows):
+    from pytest_bclone.dataset.store import manifest_fingerprint
+
+    store = DatasetStore(str(tmp_path))
+    a = store.write_version("support", "v1", rows, created="2026-01-01T00:00:00+00:00")
+    b = DatasetStore(str(tmp_path / "again")).write_version("support", "v1", rows, created="2026-01-01T00:00:00+00:00")
+    assert a["fingerprint"] == manifest_fingerprint(a) == b["fingerprint"]  # reproducible
+    c = DatasetStore(str(tmp_path / "other")).write_version("support", "v1", rows[:-1],
+                                                            created="2026-01-01T00:00:00+00:00")
+    assert c["fingerprint"] != a["fingerprint"]
+    v = store.load("v1")
+    assert v.fingerprint == a["fingerprint"][:12] and v.fingerprint_sha256 == a["fingerprint"]
+    report = store.verify("support@v1")
+    assert report.ok and report.trajectories == 12 and report.decision_points == 24, report.lines()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda m: m["counts"].__setitem__("trajectories", 13), "counts"),
+        (lambda m: m["counts"]["splits"].__setitem__("eval", 8), "counts"),
+        (lambda m: m["toolset"].append("issue_refund"), "toolset"),
+        (lambda m: m["lineage"].__setitem__("filter", "none"), "lineage"),
+        (lambda m: m.__setitem__("parent", "v0"), "parent"),
+        (lambda m: m["files"][0].__setitem__("sha256", "0" * 64), "file hash"),
+    ],
+    ids=["count", "split", "toolset", "lineage", "parent", "file-hash"],
+)
+def test_any_manifest_edit_breaks_its_fingerprint(tmp_path, rows, mutate, field):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows, lineage={"filter": "task_completion>=0.8"})
+    _edit_manifest(tmp_path / "support/v1", mutate)
+    with pytest.raises(IntegrityError, match=r"manifest.json was edited after the version was written.*restore"):
+        store.load("v1")
+    report = store.verify("v1")
+    assert not report.ok and any("edited after" in p for p in report.problems), field
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: m["counts"].__setitem__("trajectories", 13), r"counts.trajectories records 13 but the data holds 12"),
+        (lambda m: m["counts"]["splits"].update(eval=10, train=2), r"counts.splits records .* but the data holds"),
+        (lambda m: m["counts"]["decision_points"].__setitem__("eval", 1), r"counts.decision_points records"),
+        (lambda m: m["counts"]["cohorts"].pop("long_tail"), r"counts.cohorts records"),
+        (lambda m: m.__setitem__("toolset", ["get_order", "issue_refund"]), r"toolset records .* data's tools are"),
+    ],
+    ids=["trajectories", "splits", "points", "cohorts", "toolset"],
+)
+def test_counts_and_toolset_are_checked_against_the_data(tmp_path, rows, mutate, message):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    _edit_manifest(tmp_path / "support/v1", mutate, refingerprint=True)
+    with pytest.raises(IntegrityError, match=message):
+        store.load("v1")
+    report = store.verify("v1")
+    assert not report.ok and any(re.search(message, p) for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("bad_path", ["../../copy.parquet", "ABSOLUTE", "../../../../etc/passwd", "sub/x.parquet"])
+def test_manifest_paths_stay_in_the_version_directory(tmp_path, rows, bad_path):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    # An identical copy outside the version: its sha256 matches, so only the confinement refuses it.
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes((tmp_path / "support/v1/data-00000.parquet").read_bytes())
+    bad_path = str(copy) if bad_path == "ABSOLUTE" else bad_path
+    _edit_manifest(tmp_path / "support/v1", lambda m: m["files"][0].__setitem__("path", bad_path), refingerprint=True)
+    with pytest.raises(IntegrityError, match=r"is not a plain data file name inside the version directory; refusing"):
+        store.load("v1")
+    assert any("refusing to open it" in p for p in store.verify("v1").problems)
+
+
+def test_a_symlink_leaving_the_version_directory_is_refused(tmp_path, rows):
+    store = DatasetStore(str(tmp_path / "root"))
+    store.write_version("support", "v1", rows)
+    data = tmp_path / "root/support/v1/data-00000.parquet"
+    outside = tmp_path / "elsewhere.parquet"
+    outside.write_bytes(data.read_bytes())  # same bytes: the hash alone would accept it
+    data.unlink()
+    data.symlink_to(outside)
+    with pytest.raises(IntegrityError, match=r"resolves to .*elsewhere.parquet, outside the version directory"):
+        store.load("v1")
+
+
+def test_a_manifest_without_fingerprint_is_refused_with_the_re_import_recipe(tmp_path, rows):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    _edit_manifest(tmp_path / "support/v1", lambda m: m.pop("fingerprint"))
+    with pytest.raises(IntegrityError, match=r"has no fingerprint.*bclone dataset export .*bclone dataset import"):
+        store.load("v1")
+
+
+def _truncate_and_rehash(version_dir, keep):
+    data = version_dir / "data-00000.parquet"
+    raw = data.read_bytes()[:keep]
+    data.write_bytes(raw)
+
+    def mutate(m):
+        m["files"][0].update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw))
+
+    _edit_manifest(version_dir, mutate, refingerprint=True)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "manifest.json").write_text("{not json"), r"manifest.json is not valid JSON"),
+        (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe\x00binary"), r"manifest.json is not valid JSON"),
+        (lambda d: (d / "manifest.json").write_text("[1, 2]"), r"manifest.json is a JSON list, not an object"),
+        (lambda d: _edit_manifest(d, lambda m: m.pop("files"), refingerprint=True), r"has no 'files' list"),
+        (lambda d: (d / "data-00000.parquet").unlink(), r"data-00000.parquet listed in manifest.json is missing"),
+        (lambda d: (d / "data-00000.parquet").write_bytes((d / "data-00000.parquet").read_bytes()[:500]),
+         r"data-00000.parquet has 500 bytes but manifest.json records \d+: it was truncated"),
+        (lambda d: _truncate_and_rehash(d, 500), r"data-00000.parquet is not a readable Parquet file .* truncated"),
+    ],
+    ids=["not-json", "binary", "list", "no-files", "deleted", "truncated", "truncated-rehashed"],
+)
+def test_a_damaged_version_is_one_integrity_error_naming_the_file(tmp_path, rows, damage, message):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    damage(tmp_path / "support/v1")
+    with pytest.raises(IntegrityError, match=message) as exc:
+        store.load("v1")
+    assert "restore the version directory" in str(exc.value)
+    assert not store.verify("v1").ok
+
+
+def test_a_parquet_file_of_another_schema_is_refused_even_with_its_hash_updated(tmp_path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    data = tmp_path / "support/v1/data-00000.parquet"
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "payload": ["x"] * len(rows)}), data)
+    raw = data.read_bytes()
+    _edit_manifest(tmp_path / "support/v1",
+                   lambda m: m["files"][0].update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw)),
+                   refingerprint=True)
+    with pytest.raises(IntegrityError, match=r"data-00000.parquet is not a trajectory table: it has columns"):
+        store.load("v1")
+
+
+def test_verify_lists_every_problem_and_checks_rows_deeply(tmp_path, rows):
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    _edit_manifest(tmp_path / "support/v1", lambda m: (m["counts"].__setitem__("trajectories", 99),
+                                                       m.__setitem__("toolset", [])))
+    report = store.verify("v1")
+    assert len(report.problems) == 3, report.problems  # fingerprint, trajectories, toolset
+    assert "problem(s)" in report.lines()[0]
+
+
+# -- leftovers of killed writes -----------------------------------------------------------------------------
+_KILLED_WRITER = r"""
+import sys, time
+from pytest_bclone.dataset import store as st
+sys.path.insert(0, sys.argv[3])
+from conftest import make_row
+st.ROWS_PER_FILE = 3
+st.ROWS_PER_GROUP = 2
+
+def rows():
+    for i in range(10):
+        if i == 4:  # the first data file is written: say so, then hang until killed
+            print("ready", flush=True)
+            time.sleep(600)
+        yield make_row(i)
+
+st.DatasetStore(sys.argv[1]).write_version_stream("support", sys.argv[2], rows())
+"""
+
+
+def _start_killed_writer(root: str, version: str):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, root, version, os.path.dirname(__file__)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_killed_local_write_leaves_a_staging_dir_that_is_reported_then_cleaned(tmp_path, rows):
+    import signal
+
+    store = DatasetStore(str(tmp_path))
+    proc = _start_killed_writer(str(tmp_path), "v1")
+    try:
+        (leftover,) = store.staging_leftovers()
+        assert leftover.locked and leftover.version == "v1" and "in progress" in leftover.describe()
+        assert store.clean_staging(older_than_s=0) == []  # a live writer's staging is never removed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    (leftover,) = store.staging_leftovers()
+    assert not leftover.locked and not leftover.stale  # killed just now: reported, kept for a while
+    assert store.versions("support") == []
+    store.write_version("support", "v1", rows)
+    assert any("left by an interrupted write" in line for line in store.verify("v1").lines())
+    store.write_version("support", "v2", rows)  # a write cleans only stale leftovers
+    assert len(store.staging_leftovers()) == 1
+    os.utime(leftover.path, (0, 0))  # make it old
+    assert store.staging_leftovers()[0].stale
+    store.write_version("support", "v3", rows)
+    assert store.staging_leftovers() == [] and store.versions("support") == ["v1", "v2", "v3"]
+
+
+def test_a_directory_without_manifest_is_not_a_version_and_is_replaced(tmp_path, rows):
+    store = DatasetStore(str(tmp_path))
+    (tmp_path / "support/v1").mkdir(parents=True)
+    (tmp_path / "support/v1/data-00000.parquet").write_bytes(b"half")
+    assert store.versions("support") == []
+    store.write_version("support", "v1", rows)
+    assert len(store.load("v1").trajectories) == 12
+    (tmp_path / "support/v2").mkdir()
+    (tmp_path / "support/v2/notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match=r"support/v2 exists without a manifest.json and holds notes.txt"):
+        store.write_version("support", "v2", rows)
+    assert (tmp_path / "support/v2/notes.txt").read_text() == "mine"
+
+
+def _s3_uri(s3_server, monkeypatch, bucket):
+    boto3 = pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=f"http://{s3_server}", region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/datasets?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+
+
+def test_s3_write_failing_or_killed_mid_write_leaves_no_version_blocking_the_name(s3_server, rows, monkeypatch):
+    import signal
+
+    from pytest_bclone.dataset import store as st
+
+    uri = _s3_uri(s3_server, monkeypatch, "halfwrites")
+    store = DatasetStore(uri)
+    monkeypatch.setattr(st, "ROWS_PER_FILE", 3)
+
+    def failing():
+        yield from rows[:5]
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError):
+        store.write_version_stream("support", "v1", failing())
+    assert store.versions("support") == []
+    leftover = store.fs.get_file_info(st.pafs.FileSelector(f"{store.root}/support/v1", allow_not_found=True))
+    assert [i for i in leftover if i.type == st.pafs.FileType.File] == []  # our files were removed
+
+    proc = _start_killed_writer(uri, "v2")  # writes one data file, then dies without cleaning up
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    files = store.fs.get_file_info(st.pafs.FileSelector(f"{store.root}/support/v2", allow_not_found=True))
+    assert len([i for i in files if i.type == st.pafs.FileType.File]) == 1  # a half version: data, no manifest
+    assert store.versions("support") == []
+    with pytest.raises(DatasetNotFound):
+        store.load("support@v2")
+    time.sleep(1.1)  # object-store mtimes have one-second resolution
+    store.write_version("support", "v2", rows)  # not blocked: a version is its manifest
+    v = DatasetStore(uri).load("support@v2")
+    assert len(v.trajectories) == 12
+    files = store.fs.get_file_info(st.pafs.FileSelector(f"{store.root}/support/v2"))
+    assert sorted(i.base_name for i in files) == sorted(["manifest.json", *(f["path"] for f in v.manifest["files"])])
