@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .redact import redact_text
 
 CACHE_MODES = ("none", "new_episodes", "all", "off")
 MODES = ("step", "rollout")
@@ -63,10 +64,23 @@ def _str(text: str) -> str:
     return text
 
 
+class _SecretValueError(ValueError):
+    """A bad value that may hold credentials (``bclone_*_params``): reported without the value."""
+
+
 def _json_object(text: str) -> dict[str, Any]:
-    value = json.loads(text) if text.strip() else {}
+    # The value may hold an API key or an Authorization header: the error names only where the
+    # JSON breaks (line, column), never the text around it.
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise _SecretValueError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}, character {exc.pos}); "
+            'expected a JSON object such as {"api_base": "http://127.0.0.1:8000/v1"}'
+        ) from None
     if not isinstance(value, dict):
-        # ValueError, not TypeError: build_config reports ValueError as a bad option value.
+        # ValueError, not TypeError: build_config reports ValueError as a bad option value (shown
+        # with its secrets masked: a parsed value can be redacted, a malformed one cannot).
         raise ValueError('must be a JSON object such as {"api_base": "http://127.0.0.1:8000/v1"}')  # noqa: TRY004
     return value
 
@@ -166,8 +180,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("repeats", "independent samples per state (for pass^k)", 1, _int(1, 100), metavar="K"),
     Option("timeout", "seconds before one model call times out", 60.0, _float(0, 3600, open_lo=True),
            metavar="SECONDS"),
-    Option("max_retries", "retries of a call on 429, 5xx, timeouts and connection errors", 4, _int(0, 20),
-           metavar="N"),
+    Option("max_retries", "retries of a call after transient faults (5xx, timeouts, connection errors); 429/503 "
+           "are retried for as long as --bclone-retry-budget lasts", 6, _int(0, 20), metavar="N"),
+    Option("retry_budget", "seconds one model call may spend in attempts and backoff (429/503 honour Retry-After "
+           "within it); beyond it the call fails and is counted", 300.0, _float(0, 86400, open_lo=True),
+           metavar="SECONDS"),
     Option("cache_mode", "record/replay of model calls: none (replay only, a miss is an error), new_episodes "
            "(replay, record misses), all (re-record), off", "new_episodes", _choice(CACHE_MODES)),
     Option("cache_dir", "where recorded model calls are kept (relative to rootdir)", ".bclone/cache",
@@ -231,7 +248,8 @@ class BcloneConfig:
     concurrency: int = 16
     repeats: int = 1
     timeout: float = 60.0
-    max_retries: int = 4
+    max_retries: int = 6
+    retry_budget: float = 300.0
     cache_mode: str = "new_episodes"
     cache_dir: str = ".bclone/cache"
     price: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -291,6 +309,8 @@ def build_config(
             values[opt.name] = opt.parse(raw) if opt.parse is not _str else str(raw)
         except (ValueError, json.JSONDecodeError) as exc:
             fix = f"pass {opt.cli}=..." if opt.name not in _INI_ONLY else f"set {opt.ini_name} in your ini file"
-            raise ConfigError(f"{source}: invalid value {raw!r}: {exc}; {fix} (see pytest --help, bclone group)") \
+            shown = ("(value not shown: it may hold credentials)" if isinstance(exc, _SecretValueError)
+                     else redact_text(repr(raw)))
+            raise ConfigError(f"{source}: invalid value {shown}: {exc}; {fix} (see pytest --help, bclone group)") \
                 from None
     return BcloneConfig(**values)

@@ -15,6 +15,7 @@ Every message names the bad value, where it came from, what was expected, and th
      |    +-- ModelCallError        a model call that finally failed (after retries)
      |    |    +-- RetriesExhausted     ... carrying the attempts, retries and time spent
      |    +-- CacheMiss             cache mode `none` and no recording for a call
+     |    +-- ModelAccessError      401/403/404 or a missing API key: never retried, stops the run
      +-- EvaluatorError         unknown evaluator, evaluator that returned a bad score
  |    +-- JudgeError            an LLM judge call that failed or answered garbage (counted, never scored)
      +-- GateError              a parity assertion that cannot be evaluated (unknown cohort...)
@@ -82,6 +83,21 @@ class RetriesExhausted(ModelCallError):
     def retries(self) -> int:
         """Attempts after the first one."""
         return max(0, self.attempts - 1)
+
+
+class ModelAccessError(AgentError):
+    """A model the run cannot use at all: authentication refused (401, a missing or wrong API key,
+    even one a provider reports as a 500), permission denied (403) or not found (404).
+
+    Never retried: every later call would fail the same way. The gate stops the run with this one
+    message, which names the agent (role and model) and the fix. ``status`` is the HTTP status,
+    when there was one; ``detail`` the provider's answer without the call's label.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail if detail is not None else message
 
 
 class CacheMiss(AgentError):

@@ -55,12 +55,44 @@ def test_429_and_5xx_are_retried_until_an_answer(server: OpenAIServer, script: S
 
 def test_a_call_that_keeps_failing_is_a_failed_reply_after_max_retries(server: OpenAIServer,
                                                                        script: Script) -> None:
-    script.default = lambda _req: Reply(status=503)
+    script.default = lambda _req: Reply(status=500)
     result = act(make_clone(server))  # FAST: max_retries=2
     assert server.request_count == 3
     assert result.failed and result.stats.retries == 2
     assert result.stats.error is not None
-    assert "trajectory 't1' step 0 repeat 0 (model openai/stub): failed after 3 attempts: HTTP 503" in result.stats.error
+    assert ("trajectory 't1' step 0 repeat 0 (model openai/stub): failed after 3 attempts "
+            "(--bclone-max-retries=2 reached): HTTP 500") in result.stats.error
+
+
+def test_throttling_is_retried_until_the_time_budget_not_a_count(server: OpenAIServer, script: Script) -> None:
+    # Ten 429/503 in a row are more than max_retries=2, yet within the budget: the call succeeds.
+    script.queue += [Reply(status=429 if i % 2 else 503) for i in range(10)] + [reply("patience")]
+    result = act(make_clone(server, retry=RetryPolicy(max_retries=2, backoff_base=0.005, backoff_max=0.02,
+                                                      budget=30.0)))
+    assert result.action == Action(text="patience") and result.stats.retries == 10
+    assert server.request_count == 11
+
+
+def test_beyond_the_budget_a_throttled_call_fails_and_says_which_budget(server: OpenAIServer,
+                                                                       script: Script) -> None:
+    script.default = lambda _req: Reply(status=429)
+    start = time.monotonic()
+    result = act(make_clone(server, retry=RetryPolicy(max_retries=2, backoff_base=0.05, backoff_max=0.1,
+                                                      budget=0.6)))
+    assert time.monotonic() - start < 0.6 + 0.5
+    assert result.failed and result.stats.error is not None
+    assert server.request_count > 3  # more than max_retries allows: throttling is bounded by time
+    assert "(retry budget of 0.6 s spent, --bclone-retry-budget): HTTP 429 RateLimitError" in result.stats.error
+
+
+def test_a_retry_after_beyond_the_budget_fails_at_once_instead_of_sleeping(server: OpenAIServer,
+                                                                          script: Script) -> None:
+    script.default = lambda _req: Reply(status=429, headers={"Retry-After": "3600"})
+    start = time.monotonic()
+    result = act(make_clone(server, retry=RetryPolicy(budget=5.0)))
+    assert time.monotonic() - start < 3.0 and server.request_count == 1
+    assert result.stats.error is not None
+    assert "the server asked to wait 3600 s more" in result.stats.error
 
 
 def test_a_400_is_not_retried(server: OpenAIServer, script: Script) -> None:
@@ -79,7 +111,7 @@ def test_a_hanging_response_times_out_and_is_reported_after_retries(server: Open
     result = act(agent)
     elapsed = time.monotonic() - start
     assert result.failed and result.stats.error is not None
-    assert "failed after 2 attempts: timed out after 1 s (--bclone-timeout)" in result.stats.error
+    assert "failed after 2 attempts (--bclone-max-retries=1 reached): timed out after 1 s (--bclone-timeout)" in result.stats.error
     assert server.request_count == 2
     assert elapsed < 4.0, f"two 1 s attempts took {elapsed:.1f} s"
 
@@ -318,3 +350,51 @@ def test_retry_after_forms_and_a_cap_on_bogus_values() -> None:
     assert 3.0 < (retry_after(Err({"retry-after": in_5s})) or 0) <= 5.0
     assert retry_after(Err({"retry-after": "soon"})) is None
     assert retry_after(Exception()) is None
+
+
+# --------------------------------------------------------------------------- refused: stop, never retry
+
+
+@pytest.mark.parametrize(
+    ("answer", "said", "fix"),
+    [
+        (Reply({"error": {"message": "Incorrect API key provided: sk-wron*********1234"}}, status=401),
+         "HTTP 401 AuthenticationError", "set a valid key in $OPENAI_API_KEY or as api_key in bclone_clone_params"),
+        (Reply({"error": {"message": "not allowed"}}, status=403),
+         "HTTP 403", "the key is not allowed to use openai/stub"),
+        (Reply({"error": {"message": "The model `stub` does not exist"}}, status=404),
+         "HTTP 404 NotFoundError", "the model or endpoint does not exist: check --bclone-clone=openai/stub"),
+        # A proxy that reports a missing key as a server error: the body says what it is.
+        (Reply({"error": {"message": "No API key provided in the request"}}, status=500),
+         "HTTP 500", "set a valid key in $OPENAI_API_KEY"),
+    ],
+)
+def test_authentication_and_not_found_stop_at_once_naming_the_agent_and_the_fix(
+    server: OpenAIServer, script: Script, answer: Reply, said: str, fix: str
+) -> None:
+    from pytest_bclone.errors import ModelAccessError
+
+    script.default = lambda _req: answer
+    agent = LitellmAgent("openai/stub", params={"api_base": server.base_url, "api_key": "sk-test-secret"},
+                         retry=RetryPolicy(max_retries=5, backoff_base=0.01), role="clone")
+    with pytest.raises(ModelAccessError) as info:
+        act(agent)
+    message = str(info.value)
+    assert server.request_count == 1  # never retried
+    assert message.startswith(f"the clone openai/stub at {server.base_url} cannot be used: {said}")
+    assert fix in message and "not retried" in message
+    assert "sk-wron" not in message and "sk-test-secret" not in message
+    with pytest.raises(ModelAccessError):  # every later call stops the same way, without asking again
+        act(agent, trajectory(2).decision_points()[0].state)
+    assert server.request_count == 1
+
+
+def test_a_missing_api_key_stops_before_any_request(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_bclone.errors import ModelAccessError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    agent = LitellmAgent("openai/stub", params={"api_base": server.base_url}, retry=FAST, role="expert")
+    with pytest.raises(ModelAccessError, match=r"^the expert openai/stub at .* cannot be used: .*\$OPENAI_API_KEY "
+                                               r"or as api_key in bclone_expert_params"):
+        act(agent)
+    assert server.request_count == 0

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..cache import ModelCache
-from ..errors import RetriesExhausted
+from ..errors import ModelAccessError, RetriesExhausted
 from ..records import Action, AgentReply, CallStats, State
+from ..redact import redact_text, register_environment, register_params
 from ..retry import Failure, RetryPolicy, call_with_retries, classify_exception
 
 __all__ = [
@@ -28,6 +29,14 @@ __all__ = [
 OWN_PARAMS = frozenset({"timeout", "request_timeout", "num_retries", "max_retries"})
 """Parameters the replay engine owns (``--bclone-timeout``, ``--bclone-max-retries``): dropped from
 user params so that litellm and the openai SDK never retry behind the engine's back."""
+
+# The provider's usual key variable, for the fix of an authentication error (litellm's prefix -> name).
+_KEY_VARIABLES = {
+    "openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY", "mistral": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY", "openrouter": "OPENROUTER_API_KEY", "deepseek": "DEEPSEEK_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY", "cohere": "COHERE_API_KEY",
+}
 
 
 def import_litellm() -> Any:
@@ -83,10 +92,12 @@ def _is_malformed(exc: BaseException) -> bool:
 
 
 def describe_litellm_exception(exc: BaseException) -> str:
-    """``RateLimitError: stub status 429`` rather than litellm's thrice-prefixed first line."""
+    """``RateLimitError: stub status 429`` rather than litellm's thrice-prefixed first line.
+
+    Secrets are masked: an error body may echo the request's headers or the key it refused."""
     lines = str(exc).strip().splitlines()
     text = _clean(lines[0]) if lines else ""
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = redact_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
     return line if len(line) <= 300 else line[:297] + "..."
 
 
@@ -126,7 +137,11 @@ class LitellmAgent:
     ``--bclone-clone`` with ini ``bclone_clone_params``; litellm's usual environment variables
     (``OPENAI_API_BASE``, ``OPENAI_API_KEY``) apply when they are absent. Each call goes through
     ``cache`` (when given) and ``retry``; ``prices`` maps a model name to USD per million
-    (input, output) tokens and overrides litellm's price map.
+    (input, output) tokens and overrides litellm's price map. ``role`` (``clone``, ``expert``,
+    ``judge``) names the agent in the message that stops the run when the provider refuses it.
+
+    The secrets among ``params`` (``api_key``, authorization headers) and the environment's key
+    variables are registered with :mod:`pytest_bclone.redact`, so no message or report shows them.
     """
 
     def __init__(
@@ -138,13 +153,18 @@ class LitellmAgent:
         retry: RetryPolicy | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
         name: str | None = None,
+        role: str | None = None,
     ) -> None:
         self.model = model
         self.name = name or model
+        self.role = role
         self.params = {k: v for k, v in (params or {}).items() if k not in OWN_PARAMS}
         self.cache = cache
         self.retry = retry or RetryPolicy()
         self.prices = dict(prices or {})
+        self._refused: ModelAccessError | None = None
+        register_params(self.params)
+        register_environment()
 
     def request(self, state: State) -> dict[str, Any]:
         """The litellm arguments for ``state`` (the cache key is computed from these)."""
@@ -157,8 +177,13 @@ class LitellmAgent:
         """Ask the model (or its recording) for the next action at ``state``.
 
         A call that fails after every retry is a failed reply, never an exception; only
-        :class:`~pytest_bclone.errors.CacheMiss` (cache mode ``none``) propagates.
+        :class:`~pytest_bclone.errors.CacheMiss` (cache mode ``none``) and
+        :class:`~pytest_bclone.errors.ModelAccessError` (the provider refused the key or does not
+        know the model: every call would fail, so the run stops) propagate. Once refused, the agent
+        raises the same error at once on every later call, without asking again.
         """
+        if self._refused is not None:
+            raise self._refused
         request = self.request(state)
         label = f"trajectory {state.trajectory_id!r} step {state.step} repeat {repeat} (model {self.model})"
         try:
@@ -170,8 +195,38 @@ class LitellmAgent:
                 )
                 value, cached = result.value, result.cached
         except RetriesExhausted as exc:
-            return AgentReply(None, CallStats(latency_s=exc.elapsed_s, retries=exc.retries, error=str(exc)))
+            return AgentReply(None, CallStats(latency_s=exc.elapsed_s, retries=exc.retries,
+                                              error=redact_text(str(exc))))
+        except ModelAccessError as exc:
+            self._refused = self.refused(exc)
+            raise self._refused from None
         return self._reply(value, cached, label)
+
+    def refused(self, exc: ModelAccessError) -> ModelAccessError:
+        """The one message that stops the run: which agent (role, model, endpoint), what the
+        provider said, and the fix."""
+        role = self.role or "agent"
+        option = f"--bclone-{role}" if role in ("clone", "expert", "judge") else "the agent spec"
+        params_key = f"bclone_{role}_params" if role in ("clone", "expert") else "the agent's params"
+        provider = self.model.partition("/")[0] if "/" in self.model else "openai"
+        variable = _KEY_VARIABLES.get(provider, f"{provider.upper()}_API_KEY")
+        base = self.params.get("api_base") or self.params.get("base_url")
+        where = f" at {base}" if base else ""
+        detail = redact_text(exc.detail)
+        if exc.status == 404:
+            fix = (f"the model or endpoint does not exist: check {option}={self.model}"
+                   f"{' and api_base in ' + params_key if role in ('clone', 'expert') else ''}")
+        elif exc.status == 403:
+            fix = (f"the key is not allowed to use {self.model}: use a key with access to it "
+                   f"(api_key in {params_key} or ${variable}) or another model")
+        else:
+            fix = (f"the provider refused the credentials or found none: set a valid key in ${variable} or as "
+                   f"api_key in {params_key}")
+        return ModelAccessError(
+            f"the {role} {self.model}{where} cannot be used: {detail}; {fix}, then rerun "
+            "(not retried: every call would fail the same way)",
+            status=exc.status, detail=detail,
+        )
 
     async def _fetch(self, request: dict[str, Any], label: str) -> dict[str, Any]:
         """One model answer (with retries) as the JSON-able value the cache records."""
