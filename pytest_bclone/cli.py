@@ -52,11 +52,9 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--eval-fraction {text!r} is not a number; give a share in [0, 1], "
-                                         "e.g. 0.2") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share in [0, 1], e.g. 0.2") from None
     if not math.isfinite(value) or not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"--eval-fraction {text} is outside [0, 1]; give the share of rows put in "
-                                         "eval, e.g. 0.2")
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; give the share of rows put in eval, e.g. 0.2")
     return value
 
 
@@ -102,7 +100,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep unknown row keys under metadata.import_extra instead of refusing the row")
     _add_root(imp)
 
-    #BUILD-PARSER
+    bld = cmds.add_parser("build", help="curate a new version from versions or files: score filters, cohort rules, "
+                                        "grouped split, dedup, toolset drift, lineage")
+    _add_build_arguments(bld)
+    _add_root(bld)
 
     exp = cmds.add_parser("export", help="export a version (OpenAI fine-tuning JSONL)")
     exp.add_argument("ref", help="the version to export: v8, support@v8, latest, or a version directory")
@@ -118,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_root(ls)
     show = cmds.add_parser("show", help="print a version's manifest (counts, toolset, lineage) as JSON")
     show.add_argument("ref", help="the version: v8, support@v8, latest, or a version directory")
+    show.add_argument("--lineage", action="store_true",
+                      help="print the lineage (sources, build steps with row counts, warnings) as text instead")
     _add_root(show)
     diff = cmds.add_parser("diff", help="compare two versions")
     diff.add_argument("a", help="the older version (v7, support@v7...)")
@@ -141,7 +144,10 @@ def _root(args: argparse.Namespace) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bclone`` console script."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return _run(args)
     except BcloneError as exc:
@@ -197,11 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "import":
         return _import(args)
     if args.cmd == "build":
-        from .dataset.build import run_build
-
-        store = _store(args, must_exist=False)
-        root, root_source = _root(args)
-        return run_build(args, store, root, root_source)
+        return _build(args)
     if args.cmd == "export":
         return _export(args)
     if args.cmd == "ls":
@@ -214,6 +216,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "show":
         version = _load(args, args.ref, "show")
+        if args.lineage:
+            from .dataset.build import lineage_lines
+
+            lines = lineage_lines(version.manifest.get("lineage") or {})
+            print("\n".join(lines) if lines else f"{version.ref} records no build lineage")
+            return 0
         print(json.dumps({**version.manifest, "fingerprint": version.fingerprint}, indent=2, sort_keys=True))
         return 0
     if args.cmd == "diff":
@@ -334,6 +342,167 @@ def _export(args: argparse.Namespace) -> int:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     print(f"exported {n} {args.split} trajectories of {version.ref}", file=sys.stderr)
+    return 0
+
+
+def _add_build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="versions (v8, support@v8, a version directory) and/or import files, in priority order "
+                        "(de-duplication keeps the first copy)")
+    p.add_argument("--name", required=True, help="dataset name of the new version, e.g. support")
+    p.add_argument("--version", required=True, help="the new version, e.g. v9")
+    p.add_argument("--parent", default=None, help="the version this one derives from (lineage)")
+    p.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help="format of file sources; " + _FORMAT_HELP)
+    p.add_argument("--strict", action="store_true", help="fail on an unreadable trace/run in a file source")
+    p.add_argument("--keep-unknown-keys", action="store_true",
+                   help="keep unknown row keys of file sources under metadata.import_extra")
+    p.add_argument("--min-score", action="append", default=[], metavar="NAME=THRESHOLD",
+                   help="keep trajectories whose expert scored at least THRESHOLD on NAME (repeatable, all must hold; "
+                        "a trajectory without that score is dropped), e.g. task_completion=0.8")
+    p.add_argument("--rules", default=None, metavar="TOML",
+                   help="cohort rules (tools called, user turns, metadata fields, keyword regexes, rarity); see "
+                        "pytest_bclone.dataset.build for the format")
+    p.add_argument("--split-by", default=None, metavar="FIELD",
+                   help="metadata field grouping the split (task_id, user_id, session_id...): no group on both sides; "
+                        "default: each trajectory on its own")
+    p.add_argument("--eval-fraction", type=_fraction, default=0.2, help="share of groups put in eval, in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (a seeded hash of each group)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="do not drop trajectories with the same messages and tools as an earlier one")
+    p.add_argument("--since", default=None, metavar="TIME",
+                   help="keep trajectories at or after this ISO 8601 time (metadata timestamp); undated ones are dropped")
+    p.add_argument("--until", default=None, metavar="TIME", help="keep trajectories before this ISO 8601 time")
+    tools = p.add_mutually_exclusive_group()
+    tools.add_argument("--toolset", default=None, metavar="FILE",
+                       help="the current toolset (JSON: OpenAI tools or tool names); trajectories whose expert calls a "
+                            "tool outside it are dropped and counted")
+    tools.add_argument("--toolset-from", default=None, metavar="VERSION",
+                       help="take the current toolset from this version's manifest")
+    p.add_argument("--min-cohort-rows", type=int, default=30,
+                   help="warn for each cohort with fewer trajectories than this (default 30)")
+    p.add_argument("--margin", type=float, default=3.0,
+                   help="parity margin in points the gate will use: warn for each eval cohort too small to resolve it "
+                        "(rule of three; default 3)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of that sample-size check (default 0.95)")
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    for name in files:
+        if len(files) > 1:
+            h.update(os.path.relpath(name, path).encode() + b"\0")
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_file_source(src: str) -> bool:
+    if os.path.isfile(src):
+        return True
+    return os.path.isdir(src) and not os.path.isfile(os.path.join(src, "manifest.json"))
+
+
+def _load_toolset(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, str]:
+    if args.toolset_from:
+        v = _load(args, args.toolset_from, "build --toolset-from")
+        return tuple(v.manifest.get("toolset") or ()), f"--toolset-from {v.ref} (fingerprint {v.fingerprint})"
+    if not args.toolset:
+        return None, ""
+    try:
+        with open(args.toolset, "rb") as f:
+            raw = f.read()
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read --toolset {args.toolset!r}: {exc.strerror}; check the path") from None
+    except ValueError as exc:
+        raise ConfigError(f"--toolset {args.toolset} is not UTF-8 JSON ({exc}); give a JSON list of OpenAI tools "
+                          "or tool names") from None
+    items = data.get("tools") if isinstance(data, dict) else data
+    names = []
+    for i, t in enumerate(items if isinstance(items, list) else [None]):
+        name = t if isinstance(t, str) else ((t.get("function") or {}).get("name") or t.get("name")
+                                             if isinstance(t, dict) else None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"--toolset {args.toolset}: entry {i} names no tool; give a JSON list of OpenAI tools "
+                              '({"type": "function", "function": {"name": ...}}) or of tool names')
+        names.append(name)
+    import hashlib
+
+    return tuple(names), f"--toolset {args.toolset} (sha256 {hashlib.sha256(raw).hexdigest()})"
+
+
+def _time_arg(value: str | None, flag: str) -> Any:
+    if value is None:
+        return None
+    from .dataset.build import parse_time
+
+    try:
+        return parse_time(value, flag)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{flag} {value!r} is not an ISO 8601 time; use e.g. 2025-06-01 or "
+                          "2025-06-01T12:00:00Z") from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .dataset.build import BuildSpec, build, load_rules, parse_min_scores
+    from .dataset.importers import ImportOptions, SkippedSource
+    from .dataset.schema import trajectory_to_row
+    from .dataset.store import check_name
+
+    check_name(args.name, "dataset name", "bclone dataset build --name")
+    check_name(args.version, "dataset version", "bclone dataset build --version")
+    if args.margin <= 0 or not math.isfinite(args.margin):
+        raise ConfigError(f"--margin {args.margin} must be a positive number of points, e.g. 3")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence {args.confidence} must be in (0, 1), e.g. 0.95")
+    if args.min_cohort_rows < 0:
+        raise ConfigError(f"--min-cohort-rows {args.min_cohort_rows} must be >= 0")
+    toolset, toolset_source = _load_toolset(args)
+    spec = BuildSpec(
+        min_scores=parse_min_scores(args.min_score), rules=load_rules(args.rules) if args.rules else None,
+        split_by=args.split_by, eval_fraction=args.eval_fraction, seed=args.seed, dedup=not args.keep_duplicates,
+        since=_time_arg(args.since, "--since"), until=_time_arg(args.until, "--until"), toolset=toolset,
+        toolset_source=toolset_source, min_cohort_rows=args.min_cohort_rows, margin=args.margin,
+        confidence=args.confidence,
+    )
+    rows: list[dict[str, Any]] = []
+    sources: list[dict[str, Any]] = []
+    skipped: list[SkippedSource] = []
+    for src in args.sources:
+        if _is_file_source(src):
+            options = ImportOptions(strict=args.strict, keep_unknown_keys=args.keep_unknown_keys)
+            before = len(skipped)
+            fmt, it = import_rows(src, args.format, options, skipped)
+            got = list(it)
+            sources.append({"kind": "file", "path": src, "format": fmt, "sha256": _file_digest(src),
+                            "rows": len(got), "skipped": len(skipped) - before})
+        else:
+            v = _load(args, src, "build")
+            got = [trajectory_to_row(t) for t in v.trajectories]
+            sources.append({"kind": "version", "ref": v.ref, "fingerprint": v.fingerprint, "rows": len(got)})
+        rows.extend(got)
+    result = build(rows, spec)
+    if not result.rows:
+        raise ConfigError("the build kept no trajectory: " + "; ".join(
+            f"{s['step']} left {s['rows']}" for s in result.steps) + "; loosen the filters or check the sources")
+    lineage = {"built_by": "bclone dataset build", "sources": sources, "steps": result.steps,
+               "warnings": result.warnings, "skipped_sources": len(skipped)}
+    store = _store(args, must_exist=False)
+    manifest = write_rows(store, args.name, args.version, result.rows, parent=args.parent, lineage=lineage,
+                          source="bclone dataset build")
+    c = manifest["counts"]
+    print(f"built {args.name}@{args.version}: {c['trajectories']} trajectories from {len(sources)} source(s), "
+          f"splits {c['splits']}, cohorts { {k: sum(v.values()) for k, v in c['cohorts'].items()} }")
+    for s in result.steps:
+        print(f"  {s['step']}: {s['rows']} rows")
+    _print_skipped(skipped)
+    for w in result.warnings:
+        print(f"bclone: warning: {w}", file=sys.stderr)
     return 0
 
 
