@@ -73,7 +73,10 @@ def skip_or_raise(error: BcloneError, where: str, options: ImportOptions, skippe
     """Record ``error`` as a skipped source, or raise it under ``options.strict``."""
     if options.strict:
         raise error
-    skipped.append(SkippedSource(where, str(error)))
+    reason = str(error)
+    if reason.startswith(where + ": "):  # the summary prints where, then the reason: say it once
+        reason = reason[len(where) + 2:]
+    skipped.append(SkippedSource(where, reason))
 
 
 def open_checked(path: str, what: str) -> Any:
