@@ -286,7 +286,8 @@ def flatten(key: str, value: Any, out: dict[str, Any]) -> None:
     """Nested dicts and lists of objects become dotted keys with list indexes; scalar lists stay."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            flatten(f"{key}.{k}", v, out)
+            if v is not None:  # a dataframe's missing struct field, not a recorded value
+                flatten(f"{key}.{k}", v, out)
     elif isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
         for i, v in enumerate(value):
             flatten(f"{key}.{i}", v, out)
