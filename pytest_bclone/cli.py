@@ -139,7 +139,7 @@ def _root(args: argparse.Namespace) -> tuple[str, str]:
         return args.root, "--root"
     if os.environ.get(ROOT_ENV):
         return os.environ[ROOT_ENV], f"${ROOT_ENV}"
-    return "bclone_datasets", f"the default root bclone_datasets (no --root, ${ROOT_ENV} unset)"
+    return "bclone_datasets", f"the default, as no --root was given and ${ROOT_ENV} is unset"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

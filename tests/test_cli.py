@@ -137,3 +137,174 @@ def test_console_script_is_installed(tmp_path):
         pytest.skip("bclone console script not installed in this interpreter's environment")
     res = subprocess.run([str(exe), "dataset", "--root", str(tmp_path / "missing"), "ls"], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+# -- CLI polish and bad inputs (issues 12, 16) ------------------------------------------------------
+def test_version_and_root_anywhere(tmp_path, capsys, monkeypatch):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("bclone (pytest-bclone) ")
+    root = str(tmp_path / "ds")
+    src = _write_jsonl(tmp_path / "f.jsonl", [TEXT_LINE])
+    assert run(capsys, "dataset", "import", str(src), "--name", "s", "--version", "v1", "--root", root)[0] == 0
+    assert run(capsys, "dataset", "import", str(src), "--root", root, "--name", "s", "--version", "v2")[0] == 0
+    assert run(capsys, "dataset", "ls", "--root", root)[1].strip() == "s: v1, v2"
+    code, out, _ = run(capsys, "dataset", "diff", "--root", root, "v1", "v2")
+    assert code == 0
+    monkeypatch.setenv("BCLONE_DATASET_ROOT", root)
+    assert run(capsys, "dataset", "ls")[1].strip() == "s: v1, v2"
+    # --root after the verb wins over the environment, and an error names where the root came from.
+    code, _, err = run(capsys, "dataset", "ls", "--root", str(tmp_path / "nope"))
+    assert code == 2 and "(from --root)" in err
+    monkeypatch.setenv("BCLONE_DATASET_ROOT", str(tmp_path / "gone"))
+    code, _, err = run(capsys, "dataset", "show", "v1")
+    assert code == 2 and "(from $BCLONE_DATASET_ROOT) does not exist" in err
+
+
+def test_ls_without_a_root_says_how_to_set_one_for_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BCLONE_DATASET_ROOT", raising=False)
+    code, _, err = run(capsys, "dataset", "ls")
+    assert code == 2 and err.count("\n") == 1
+    assert "pass --root DIR (before or after the verb) or set $BCLONE_DATASET_ROOT" in err
+    assert "--bclone-dataset-root" not in err and "bclone_dataset_root" not in err
+
+
+def test_every_argument_has_help():
+    import argparse
+
+    from pytest_bclone.cli import _parser
+
+    def walk(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif not isinstance(action, argparse._HelpAction):
+                yield p.prog, action
+    missing = [f"{prog} {a.dest}" for prog, a in walk(_parser()) if not a.help]
+    assert missing == []
+    helps = {(prog, a.dest): a.help for prog, a in walk(_parser())}
+    assert "tau-bench" in helps[("bclone dataset import", "format")]
+    assert helps[("bclone dataset import", "file")]
+
+
+def test_validate_lists_every_bad_line_including_non_json_and_non_utf8(tmp_path, capsys):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"{not json\n" + json.dumps(TEXT_LINE).encode() + b"\n"
+                     + b'{"messages": [{"role": "user", "content": "\xff"}]}\n'
+                     + json.dumps({**TEXT_LINE, "scores": {"x": 1}}).encode() + b"\n"
+                     + json.dumps({**TEXT_LINE, "cohorts": "c1"}).encode() + b"\n")
+    code, out, _ = run(capsys, "dataset", "validate", str(path), "--format", "openai-jsonl")
+    assert code == 1
+    assert f"{path}:1: not valid JSON" in out
+    assert f"{path}:3: not UTF-8 text (byte 0xff" in out
+    assert f"{path}:4: row 'mixed-000004' has unknown key 'scores'" in out
+    assert f"{path}:5: row 'mixed-000005', field cohorts: 'c1' is a string" in out
+    assert out.strip().endswith("1 valid, 4 invalid")
+
+
+def test_keep_unknown_keys_keeps_them_in_metadata(tmp_path, capsys):
+    src = _write_jsonl(tmp_path / "f.jsonl", [{**TEXT_LINE, "scores": {"x": 1}}])
+    root = str(tmp_path / "ds")
+    assert run(capsys, "dataset", "--root", root, "import", str(src), "--name", "s", "--version", "v1",
+               "--keep-unknown-keys")[0] == 0
+    from pytest_bclone.dataset.store import DatasetStore
+
+    (t,) = DatasetStore(root).load("s@v1").trajectories
+    assert t.metadata["import_extra"] == {"scores": {"x": 1}} and t.expert_scores == {}
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (argv after `dataset --root R`, text the one error line must contain)."""
+    def write(name: str, data: bytes | str) -> str:
+        p = tmp_path / name
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return str(p)
+
+    line = json.dumps(TEXT_LINE)
+    imp = ["import", "--name", "d", "--version", "v1"]
+    only_user = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    no_assistant_run = json.dumps([{"task_id": 1, "trial": 0, "reward": 1.0, "info": {"task": {"actions": []}},
+                                    "traj": [{"role": "system", "content": "# Retail agent policy"},
+                                             {"role": "user", "content": "hi"}]}])
+    return {
+        "non-utf8": ([*imp, write("latin1.jsonl", line.encode() + b"\n" + b'{"messages": "caf\xe9"}\n')],
+                     "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 18)"),
+        "binary": ([*imp, write("blob.jsonl", b"\x00\x01\x02binary\n"), "--format", "openai-jsonl"],
+                   "blob.jsonl:1: binary data (a NUL byte at column 1)"),
+        "parquet-to-json-importer": ([*imp, write("spans.parquet", b"PAR1\x00\x00rest"), "--format", "openai-jsonl"],
+                                     "spans.parquet is a Parquet file, not OpenAI chat JSONL"),
+        "not-json": ([*imp, write("broken.jsonl", line + "\n{oops\n")], "broken.jsonl:2: not valid JSON"),
+        "no-assistant-turn": ([*imp, write("user_only.jsonl", only_user + "\n")],
+                              "user_only.jsonl:1: row 'user_only-000001', field messages"),
+        "run-without-assistant-turn": ([*imp, write("runs.json", no_assistant_run), "--strict"],
+                                       "runs.json[run 0] (task 1, trial 0): the run has no assistant turn"),
+        "unknown-key": ([*imp, write("scores.jsonl", json.dumps({**TEXT_LINE, "scores": {"tc": 1}}) + "\n")],
+                        "has unknown key 'scores' (did you mean scores -> expert_scores?); known keys:"),
+        "cohorts-string": ([*imp, write("coh.jsonl", json.dumps({**TEXT_LINE, "cohorts": "c1"}) + "\n")],
+                           "field cohorts: 'c1' is a string; cohorts is a list of names"),
+        "nan-score": ([*imp, write("nan.jsonl", line[:-1] + ', "expert_scores": {"task_completion": NaN}}\n')],
+                      "field expert_scores.task_completion: nan is not a number in [0, 1]"),
+        "eval-fraction-2": ([*imp, write("ok.jsonl", line + "\n"), "--eval-fraction", "2"],
+                            "argument --eval-fraction: 2 is outside [0, 1]"),
+        "eval-fraction-nan": ([*imp, write("ok2.jsonl", line + "\n"), "--eval-fraction", "nan"],
+                              "argument --eval-fraction: nan is outside [0, 1]"),
+        "missing-file": ([*imp, str(tmp_path / "nowhere.jsonl"), "--format", "openai-jsonl"],
+                         "cannot read import file"),
+        "directory-as-file": ([*imp, str(tmp_path), "--format", "openai-jsonl"], "is a directory; give the"),
+        "unknown-format": ([*imp, write("plain.txt", "hello\n")], "cannot tell the format of"),
+        "empty-file": ([*imp, write("empty.jsonl", "\n\n"), "--format", "openai-jsonl"],
+                       "no trajectory imported from"),
+        "tau-runs-not-json": ([*imp, write("r.json", "[\n{\"traj\": [}\n]"), "--format", "tau-bench"],
+                              "r.json:2: not valid JSON"),
+        "export-to-missing-dir": (["export", "v0", "-o", str(tmp_path / "no" / "such" / "out.jsonl")],
+                                  "does not exist; create it first"),
+        "export-to-a-directory": (["export", "v0", "-o", str(tmp_path)], "is a directory; give a file path"),
+        "validate-non-utf8": (["validate", write("v.jsonl", b"\xfe\xff\n"), "--format", "openai-jsonl"],
+                              "not UTF-8 text"),
+        "validate-non-utf8-auto": (["validate", write("w.jsonl", b"{}\n\xfe\xff\n")], "w.jsonl:2: not UTF-8 text"),
+        "unknown-version": (["show", "v99"], "'v99' (from bclone dataset show) is not in"),
+        "version-outside-root": (["show", "../../etc"], "is not a plain name"),
+    }
+
+
+BAD_INPUTS = ["non-utf8", "binary", "parquet-to-json-importer", "not-json", "no-assistant-turn",
+              "run-without-assistant-turn", "unknown-key", "cohorts-string", "nan-score", "eval-fraction-2",
+              "eval-fraction-nan", "missing-file", "directory-as-file", "unknown-format", "empty-file",
+              "tau-runs-not-json", "export-to-missing-dir", "export-to-a-directory", "unknown-version",
+              "version-outside-root", "validate-non-utf8-auto"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line_exit_2(case, tmp_path, capsys):
+    root = str(tmp_path / "ds")
+    seed = _write_jsonl(tmp_path / "seed.jsonl", [TEXT_LINE])
+    assert run(capsys, "dataset", "--root", root, "import", str(seed), "--name", "d", "--version", "v0")[0] == 0
+    argv, expected = _bad_inputs(tmp_path)[case]
+    code, out, err = run(capsys, "dataset", "--root", root, *argv)
+    assert code == 2, (out, err)
+    assert err.startswith("bclone: error: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert "Traceback" not in err + out
+    from pytest_bclone.dataset.store import DatasetStore
+
+    assert DatasetStore(root).versions("d") == ["v0"]  # nothing half-written
+    assert not [p for p in (tmp_path / "ds" / "d").iterdir() if p.name.startswith(".staging")]
+
+
+def test_validate_of_a_non_utf8_file_lists_it(tmp_path, capsys):
+    argv, expected = _bad_inputs(tmp_path)["validate-non-utf8"]
+    code, out, _ = run(capsys, "dataset", *argv)
+    assert code == 1 and expected in out and "0 valid, 1 invalid" in out
+
+
+def test_binary_input_through_the_console_script_has_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("bclone")
+    if not exe.exists():
+        pytest.skip("bclone console script not installed in this interpreter's environment")
+    blob = tmp_path / "blob.jsonl"
+    blob.write_bytes(bytes(range(256)) * 4)
+    res = subprocess.run([str(exe), "dataset", "import", str(blob), "--name", "d", "--version", "v1", "--root",
+                          str(tmp_path / "ds")], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and res.stderr.startswith("bclone: error: ") and res.stderr.count("\n") == 1
+    assert "Traceback" not in res.stderr and str(blob) in res.stderr

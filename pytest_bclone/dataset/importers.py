@@ -146,6 +146,16 @@ def sniff_format(path: str) -> str:
         raise ImportFormatError(f"cannot read import file {path!r}: {exc.strerror}; check the path") from None
     if head.startswith(PARQUET_MAGIC):
         return "otel"  # the only Parquet input we read: a Phoenix span dataframe
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(head) < 65536 or exc.start < len(head) - 4:  # not a multi-byte character cut by the 64 KiB read
+            line = head.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (head.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ImportFormatError(
+                f"{path}:{line}: not UTF-8 text (byte 0x{head[exc.start]:02x} at column {col}); every import format "
+                "but a Parquet span dataframe is UTF-8 text: is this the right file? (re-export it as UTF-8)"
+            ) from None
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if os.path.basename(path) == "tasks.json":
         return "tau-bench"
