@@ -5,57 +5,81 @@ For one (cohort, metric) the gate receives paired per-item scores in [0, 1], ``e
 (trajectory id) of each item, and how many items were lost to failed model calls. Parity is
 ``clone - expert`` in points (x100). :func:`parity_verdict` turns that into a :class:`Verdict`.
 
-The statistics, exactly
------------------------
-*Interval.* A seeded paired bootstrap of the mean difference. Units are resampled with
-replacement: items, or whole clusters when ``clusters`` is given (decision points of one
-trajectory are correlated; resampling them one by one understates the variance, and the
-simulation shows the item bootstrap then passes a clone at the margin several times too
-often). The statistic of a resample is ``sum of its item differences / its number of items``.
-With ``B`` resamples sorted ascending (``m(0) <= ... <= m(B-1)``) and ``alpha = 1 - confidence``
-the interval is the BCa interval (Efron 1987) ``[m(floor(l * B)), m(B - 1 - floor((1 - h) * B))]``
-with ``l = Phi(z0 + u/(1 - a u))``, ``u = z0 + Phi^-1(alpha/2)`` (``h`` likewise with
-``1 - alpha/2``), ``z0`` the bias correction (ties counted half) and ``a`` the jackknife
-acceleration over units. ``interval="percentile"`` sets ``z0 = a = 0`` (``l = alpha/2``).
-The interval is widened, if need be, to contain the point estimate (a guard against Monte
-Carlo noise in tiny samples; it can only make a pass harder).
+The rule: a CI-based non-inferiority test
+------------------------------------------
+With ``alpha = 1 - confidence`` and the two-sided ``confidence`` interval ``[ci_low, ci_high]``
+of the mean difference, a verdict depends on the interval's position against ``-within`` only:
 
-*Why BCa and not percentile.* A clone that loses a few of the expert's wins gives a skewed,
-Poisson-like difference: with ~15 expected regressions the percentile interval is a Wald
-interval in disguise (its variance is estimated at the observed, often lower, regression count).
-At a true gap equal to the margin (n=500, margin 3, expert 0.9) it passed about 8% of simulated
-gates with a non-strict margin and 3.5% with the strict one of rule 6; BCa with the strict margin
-passes 1.5% (4000 gates; nominal 2.5%). With no skewness (``a = 0``) and no bias (``z0 = 0``)
-BCa is the percentile interval. Degenerate cases are defined: identical agents give ``z0 = 0``
-(mid-rank ties, as scipy.stats.bootstrap) and ``a = 0`` (no spread).
+* PASS when the whole interval lies above the margin, ``ci_low > -within`` (strict: the margin
+  belongs to H0 "the clone is worse by within or more"). This is a one-sided non-inferiority
+  test at level ``alpha/2`` (2.5% for 95%), CONSORT-style.
+* FAIL when the whole interval lies below it, ``ci_high < -within``.
+* INCONCLUSIVE otherwise, with ``n_needed``: the units (trajectories when clustered, else items)
+  at which the *observed* effect would settle it (see below).
 
-*p-value.* The one-sided non-inferiority p-value for ``H0: true diff <= -within``: the share
-``s`` of bootstrap means at or below ``-within``, mapped through the inverse of the BCa level
-map, ``p = Phi(q / (1 + a q) - z0)`` with ``q = Phi^-1(s) - z0`` (``p = s`` for percentile).
-Hence ``p <= alpha/2`` exactly when ``ci_low > -within``: the interval rule, the p-value rule and
-Holm with one cohort are the same decision. Non-inferiority is judged CONSORT-style by the lower
-bound of the two-sided interval, i.e. a one-sided test at level ``alpha/2`` (2.5% for 95%).
+Because both bounds are non-decreasing in every clone score (below), raising any clone score
+never makes a verdict worse and lowering one never makes it better.
 
-*Decision*, in this order (the first that applies wins):
+The interval: Tango's score interval on trajectory-level differences
+-------------------------------------------------------------------
+Units are trajectories (``clusters``) or items. Unit ``j`` has ``m_j`` items and the sum
+``S_j`` of its item differences ``clone - expert``; its mean difference ``x_j = S_j / m_j``
+lies in [-1, 1]. With ``M = sum m_j`` the estimate is ``D = sum S_j / M`` and the effective
+number of units is Kish's ``n = M^2 / sum m_j^2`` (the number of trajectories when they are
+equally long). The unit differences enter as fractional discordant pairs:
+``B = n * sum max(S_j, 0) / M`` (gains) and ``R = n * sum max(-S_j, 0) / M`` (losses).
+For unclustered binary scores ``B`` and ``R`` are the counts of discordant pairs (clone wins,
+clone loses) and the interval is exactly Tango's (1998) score interval for the difference of
+paired proportions; otherwise it is Tango's interval for the binary majorant of the units,
+which over-states their variance (``x^2 <= |x|``) and so stays valid for graded scores and for
+any correlation of decision points within a trajectory.
 
-1. ``errors / total > max_error_rate`` -> inconclusive (failed calls are excluded, never scored).
-2. ``n == 0`` -> inconclusive ("no items").
-3. ``within == 0`` -> the exact *zero-regression* rule: pass iff no item is a regression
-   (binary metric: expert 1 and clone 0; any other metric: clone below expert), else fail with
-   the count; any failed call makes it inconclusive (it could hide a regression). No interval
-   requirement: it is a statement about the observed items, not an estimate.
-4. fewer than ``min_n`` units (items, or clusters when clustered) -> inconclusive.
-5. ``ci_high < -within`` -> fail: an interval wholly below the margin is conclusive however
-   wide it is.
-   Otherwise, the interval's half-width ``(ci_high - ci_low) / 2 > within`` -> inconclusive: the
-   cohort is too small to resolve its margin; ``n_needed = ceil(units * (halfwidth / within)^2)``
-   (``1/sqrt(n)`` scaling; in clusters when clustered). Never "the clone is worse".
-6. ``ci_low > -within`` -> pass, else fail. Strict, because the margin itself belongs to H0;
-   it matters only for discrete metrics, whose bootstrap means sit exactly on the margin.
-7. A pass with failed calls must survive the worst case: if every failed item had been a
-   regression (expert 1, clone 0) the mean would be ``(S - errors) / (n + errors)``; applying
-   that map to ``ci_low`` must still clear ``-within``, otherwise inconclusive. Failed items can
-   therefore never make a verdict pass.
+For a candidate difference ``d`` the score statistic is
+``Z(d) = (B - R - n d) / sqrt(n (2 q(d) + d - d^2))``, where ``q(d)`` is the constrained
+maximum-likelihood share of losses, the root of ``2n q^2 - W q - R d (1 - d) = 0`` with
+``W = (B + R) + (B - R) d - 2 n d``:
+``q(d) = (W + sqrt(W^2 + 8 n R d (1 - d))) / (4 n)``.
+The interval is ``{d : -z <= Z(d) <= z}`` with ``z = Phi^-1(1 - alpha/2)``, found by bisection
+(``Z`` decreases in ``d``). It never collapses: with no discordant pair in ``n`` units the lower
+bound is ``-z^2 / (n + z^2)`` (-27.8 points for 10 units, the Wilson analogue of the rule of
+three), not 0. ``Z`` increases with ``B`` and decreases with ``R``, which is what makes the
+verdicts monotone; raising a clone score raises ``x_j``, hence ``B`` or lowers ``R``.
+
+*p-value.* The one-sided score p-value of ``H0: true diff <= -within`` is
+``Phi(-Z(-within / 100))``; ``p < alpha/2`` exactly when the interval lies above ``-within``,
+so the interval rule, the p-value rule and Holm with one cohort are the same decision.
+
+*n_needed.* ``Z`` depends on the data through the shares ``B/n`` and ``R/n`` and on ``sqrt(n)``,
+so at the observed shares the margin is settled at ``n* = z^2 V(-w) / (D + w)^2`` effective
+units, ``V(d) = 2 q(d) + d - d^2`` (the observed SD and distance to the margin); ``n_needed``
+is ``n*`` in units. When ``D`` is already past the margin it is the size at which the interval
+would most likely lie wholly below it, and the reason says so.
+
+*Simulation.* ``bench/parity_grid.py`` runs 1,000 seeded gates in each of 512 settings (10 to
+2,000 trajectories, 1 or 10 steps each, margins 1 and 3, expert success 0.9 and 0.98, binary
+and graded scores, trajectory-level correlation): at a true gap equal to the margin no setting
+passes more than 5% of gates, where the previous BCa bootstrap rule passed up to 73%.
+``interval="bca"`` / ``"percentile"`` keep the seeded cluster bootstrap (Efron's BCa) with the
+same rule, for comparison only: the simulation shows it losing coverage in small cohorts.
+
+Decision, in this order (the first that applies wins)
+-----------------------------------------------------
+1. ``n == 0`` -> inconclusive ("no items", or all items lost to failed calls).
+2. ``within == 0`` -> the exact *zero-regression* rule: fail iff any item is a regression
+   (binary metric: expert 1 and clone 0; any other metric: clone below expert), whatever
+   ``min_n`` or the failed calls; otherwise inconclusive if any call failed (a lost item could
+   hide a regression), else pass. The verdict reports ``regression_rate_upper``: the exact
+   one-sided Clopper-Pearson ``confidence`` upper bound on the share of units (trajectories
+   when clustered) with a regression, ``1 - (1 - confidence)^(1/n)``, about ``3/n`` at 95%,
+   when none was seen: what a pass does not rule out.
+3. ``ci_high < -within`` -> fail. Conclusive whatever ``min_n`` and the failed calls.
+4. ``errors / total > max_error_rate`` -> inconclusive (failed calls are never scored).
+5. fewer than ``min_n`` units -> inconclusive.
+6. ``ci_low > -within`` -> pass, unless failed calls could overturn it: if every failed item
+   had been a regression (difference -1) the mean would be ``(S - errors) / (N + errors)``;
+   applying that monotone map to ``ci_low`` must still clear ``-within``, else inconclusive.
+   Failed calls can prevent a pass, never hide a fail.
+7. otherwise inconclusive, with ``n_needed``.
 
 *Holm.* :func:`holm_adjust` takes the verdicts of a run (computed independently, e.g. on
 pytest-xdist workers) and applies Holm's step-down to the p-values of every verdict that has one
@@ -65,15 +89,11 @@ A verdict keeps "pass" only if its Holm-adjusted p-value is ``<= alpha/2``; othe
 "fail". This controls, at ``alpha/2``, the family-wise probability of passing any cohort whose
 true gap is worse than its margin.
 
-*Determinism.* The bootstrap generator is seeded from ``sha256(base seed, cohort, metric)``
+*Determinism.* The score interval uses no random numbers; unit sums use ``math.fsum`` over a
+canonical order, so neither item order nor cluster labels change a verdict, not even in the last
+bit. The bootstrap options are seeded from ``sha256(base seed, cohort, metric)``
 (:func:`derive_seed`), never from ``hash()``, so a verdict is identical with and without
-pytest-xdist. Units are put in a canonical order before resampling and sums use ``math.fsum``,
-so the order in which items arrive does not change a verdict, not even in the last bit.
-
-*Speed.* Resampling is vectorised. When the units take few distinct values (binary metrics:
-differences in {-1, 0, 1}) the bootstrap is drawn exactly as multinomial counts over the distinct
-values, which is the same distribution as resampling units and costs ``B x values`` instead of
-``B x units``.
+pytest-xdist.
 """
 
 from __future__ import annotations
@@ -82,7 +102,7 @@ import hashlib
 import math
 import numbers
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -108,10 +128,11 @@ __all__ = [
     "holm_adjust",
     "naive_passes",
     "parity_verdict",
+    "regression_rate_upper",
 ]
 
 Status = Literal["pass", "fail", "inconclusive"]
-Interval = Literal["bca", "percentile"]
+Interval = Literal["score", "bca", "percentile"]
 if TYPE_CHECKING:
     Scores = Sequence[float] | NDArray[Any]
     """Per-item scores in [0, 1]: a list, or a 1-D numpy array."""
@@ -123,8 +144,8 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 DEFAULT_MAX_ERROR_RATE = 0.0
 DEFAULT_MIN_N = 10
-"""Fewest units (items, or clusters) for an interval-based verdict: below it a bootstrap of a
-handful of identical scores would "resolve" any margin with a zero-width interval."""
+"""Fewest units (items, or clusters) for a pass: a guard on top of an interval that is already
+honest about small samples (10 units with no loss bound the loss at -27.8 points)."""
 
 MIN_RESAMPLES = 100
 
@@ -136,6 +157,8 @@ _COMPRESS_FACTOR = 16
 _NORMAL = NormalDist()
 # Rows of the resample index matrix drawn at once (bounds memory at ~8 MB for int64 indices).
 _CHUNK_ELEMENTS = 1 << 20
+# Bisection steps for the score interval: 2 / 2^64 is below float resolution on [-1, 1].
+_BISECT = 64
 
 
 @dataclass(frozen=True)
@@ -146,9 +169,12 @@ class Verdict:
     Statistics are ``None`` when there is nothing to compute them from (``n == 0``).
     ``regressions`` counts items where the clone scores below the expert (binary metric: expert
     1, clone 0); it is counted for binary metrics, and for any metric when ``within == 0``, else
-    ``None``. ``p_value`` is the one-sided bootstrap non-inferiority p-value (compare with
+    ``None``. ``p_value`` is the one-sided non-inferiority p-value (compare with
     ``(1 - confidence) / 2``); ``p_adjusted`` is its Holm-adjusted value once
-    :func:`holm_adjust` has run (then ``holm_adjusted`` is true).
+    :func:`holm_adjust` has run (then ``holm_adjusted`` is true). Zero-regression verdicts
+    (``within == 0``) also carry ``regression_units`` (units, i.e. trajectories when clustered or
+    items, with at least one regression) and ``regression_rate_upper``, the one-sided
+    ``confidence`` Clopper-Pearson upper bound on the share of such units, in [0, 1].
     """
 
     cohort: str
@@ -172,6 +198,8 @@ class Verdict:
     p_value: float | None
     holm_adjusted: bool = False
     p_adjusted: float | None = None
+    regression_units: int | None = None
+    regression_rate_upper: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -180,7 +208,7 @@ class Verdict:
 
     @property
     def halfwidth(self) -> float | None:
-        """Half the interval's width in points (what must not exceed ``within``)."""
+        """Half the interval's width in points."""
         if self.ci_low is None or self.ci_high is None:
             return None
         return (self.ci_high - self.ci_low) / 2
@@ -196,9 +224,9 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
-        """Rebuild a verdict from :meth:`to_dict` output."""
+        """Rebuild a verdict from :meth:`to_dict` output (older records lack the defaulted fields)."""
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names[:-2] if name not in d]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
         if missing:
             raise GateError(
                 f"verdict record is missing {', '.join(missing)}: expected the dict written by "
@@ -240,6 +268,35 @@ def naive_passes(expert: Scores, clone: Scores, within: float) -> bool:
     return diff >= -within - _EPS
 
 
+def regression_rate_upper(regressed: int, units: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """Exact one-sided Clopper-Pearson upper bound on a regression rate, in [0, 1].
+
+    ``regressed`` of ``units`` units showed a regression. With none seen the bound is
+    ``1 - (1 - confidence)^(1/units)`` (about ``3/units`` at 95%, the rule of three).
+    """
+    if units <= 0:
+        return 1.0
+    if regressed >= units:
+        return 1.0
+    if regressed == 0:
+        return float(1.0 - (1.0 - confidence) ** (1.0 / units))
+    # The bound solves P(X <= regressed; units, p) = 1 - confidence; the binomial CDF falls in p.
+    lo, hi = regressed / units, 1.0
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _binom_cdf(regressed, units, mid) > 1.0 - confidence else (lo, mid)
+    return hi
+
+
+def _binom_cdf(x: int, n: int, p: float) -> float:
+    """``P(X <= x)`` for ``X ~ Binomial(n, p)``, summed in log space (0 < p < 1)."""
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(x + 1)]
+    top = max(terms)
+    return math.exp(top) * math.fsum(math.exp(t - top) for t in terms)
+
+
 def parity_verdict(
     cohort: str,
     metric: str,
@@ -255,15 +312,194 @@ def parity_verdict(
     seed: int = 0,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     min_n: int = DEFAULT_MIN_N,
-    interval: Interval = "bca",
+    interval: Interval = "score",
 ) -> Verdict:
     """Decide one (cohort, metric) parity assertion. See the module docstring for the rules.
 
     ``expert`` and ``clone`` hold the scores of the items that were scored (failed model calls
     excluded), in the same item order; ``clusters`` optionally names each item's trajectory;
     ``errors`` counts the items excluded because a model call failed, out of ``total`` items
-    (default ``len(expert) + errors``). ``seed`` is the run's base seed; the generator is seeded
-    with :func:`derive_seed` of it. Raises :class:`GateError` for inputs that cannot be evaluated.
+    (default ``len(expert) + errors``). ``interval`` is ``"score"`` (the default, Tango's score
+    interval on trajectory-level differences) or the seeded cluster bootstrap (``"bca"``,
+    ``"percentile"``; ``seed`` and ``resamples`` apply to those only). Raises
+    :class:`GateError` for inputs that cannot be evaluated.
+    """
+    import numpy as np
+
+    where = f"cohort {cohort!r} / metric {metric!r}"
+    _check_options(where, within, confidence, resamples, max_error_rate, min_n)
+    if interval not in ("score", "bca", "percentile"):
+        raise GateError(
+            f"{where}: interval={interval!r}: expected 'score' (the default), 'bca' or 'percentile'"
+        )
+    e, c, errors, total = _inputs(where, expert, clone, clusters, errors, total)
+    n = int(e.shape[0])
+    # numpy scalars are accepted; the verdict holds plain Python numbers (JSON-able).
+    resamples, min_n = int(resamples), int(min_n)
+    within, confidence, max_error_rate = float(within), float(confidence), float(max_error_rate)
+    error_rate = errors / total if total else 0.0
+    alpha = 1.0 - confidence
+    z = _NORMAL.inv_cdf(1.0 - alpha / 2)
+
+    # -- statistics (whenever there is something to compute them from) ------------------------
+    units_sum, units_size, n_clusters = _units(where, e, c, clusters)
+    k = int(units_sum.shape[0])
+    binary = bool(np.all((e == 0) | (e == 1)) and np.all((c == 0) | (c == 1))) if n else False
+    regressions = int(np.count_nonzero(c < e)) if binary or within == 0 else None
+    expert_mean = clone_mean = diff = ci_low = ci_high = p_value = None
+    gains = losses = n_eff = 0.0
+    above = below = False
+    if n:
+        expert_mean = math.fsum(e.tolist()) / n
+        clone_mean = math.fsum(c.tolist()) / n
+        diff = math.fsum((c - e).tolist()) * 100.0 / n
+        gains, losses, n_eff = _score_counts(units_sum, units_size)
+        if interval == "score":
+            lo, hi = _score_bounds_one(gains, losses, n_eff, z)
+            # The bounds bracket the estimate by construction; min/max only absorb the rounding
+            # of two ways of computing the same mean.
+            ci_low = min(float(lo) * 100.0, diff)
+            ci_high = max(float(hi) * 100.0, diff)
+            stat = _score_z_one(gains, losses, n_eff, -within / 100.0)
+            p_value = _NORMAL.cdf(-stat) if math.isfinite(stat) else (0.0 if stat > 0 else 1.0)
+            # Decided on the statistic itself: Z(-w) > z is exactly "ci_low > -within".
+            above, below = stat > z, stat < -z
+        else:
+            ci_low, ci_high, p_value = _bootstrap_interval(
+                units_sum, units_size, diff, within, alpha, resamples,
+                np.random.default_rng(derive_seed(seed, cohort, metric)), interval,
+            )
+            above, below = ci_low > -within + _EPS, ci_high < -within - _EPS
+
+    reg_units = reg_upper = None
+    if within == 0 and n:
+        # Units with at least one regression: trajectories when clustered, else items.
+        if clusters is None:
+            reg_units = int(regressions or 0)
+        else:
+            reg_units = len({cid for cid, lost in zip(clusters, (c < e).tolist()) if lost})
+        reg_upper = regression_rate_upper(reg_units, k, confidence)
+
+    def verdict(status: Status, reason: str, n_needed: int | None = None) -> Verdict:
+        return Verdict(
+            cohort=cohort, metric=metric, n=n, n_clusters=n_clusters, expert_mean=expert_mean,
+            clone_mean=clone_mean, diff=diff, ci_low=ci_low, ci_high=ci_high,
+            confidence=confidence, within=within, status=status, reason=reason,
+            n_needed=n_needed, regressions=regressions, errors=errors, total=total,
+            error_rate=error_rate, p_value=p_value, regression_units=reg_units,
+            regression_rate_upper=reg_upper,
+        )
+
+    # -- decision -------------------------------------------------------------------------------
+    if n == 0:
+        if errors:
+            return verdict(
+                INCONCLUSIVE,
+                f"{errors} of {total} items lost to failed model calls ({error_rate:.1%}): nothing "
+                "was scored; failed items are never scored, so fix the failing calls",
+            )
+        return verdict(INCONCLUSIVE, "no items: the cohort has no scored items for this metric")
+    assert diff is not None and ci_low is not None and ci_high is not None  # for mypy
+    unit_word = "trajectories" if n_clusters is not None else "items"
+    level = f"{confidence * 100:g}%"
+
+    if within == 0:
+        # Exact and observed: no min_n and no failed call can hide a regression that was seen.
+        assert regressions is not None and reg_upper is not None  # counted for every metric when within=0
+        bound = f"{reg_upper:.1%}"
+        if regressions:
+            what = "the expert succeeded and the clone failed" if binary else "the clone scored below the expert"
+            plural = "s" if regressions != 1 else ""
+            return verdict(
+                FAIL,
+                f"{regressions} regression{plural}: {what} on {regressions} item{plural}, and "
+                "within=0 allows none",
+            )
+        if errors:
+            return verdict(
+                INCONCLUSIVE,
+                f"no regression among the scored items, but the {errors} items lost to failed "
+                "model calls could hide regressions that within=0 does not allow",
+            )
+        return verdict(
+            PASS,
+            f"zero regressions: the clone does at least as well as the expert on all {k} {unit_word}; "
+            f"a regression rate up to {bound} of {unit_word} is not ruled out ({level} upper bound)",
+        )
+
+    if below:
+        # However small the sample, an interval wholly below the margin is conclusive.
+        return verdict(
+            FAIL,
+            f"the clone is worse than the margin allows: the whole {level} interval lies below -{within:g} pts",
+        )
+    needed = _needed_units(gains, losses, n_eff, k, diff / 100.0, within / 100.0, z)
+    if error_rate > max_error_rate + 1e-12:
+        return verdict(
+            INCONCLUSIVE,
+            f"{errors} of {total} items lost to failed model calls ({error_rate:.1%}, above the "
+            f"allowed {max_error_rate:.1%}); failed items are never scored, so fix the failing "
+            "calls or raise the allowed error rate",
+        )
+    if k < min_n:
+        more = max(min_n, needed) if needed is not None and not above else min_n
+        return verdict(INCONCLUSIVE, f"too few {unit_word} to decide: {k}, at least {min_n} are needed", more)
+    if above:
+        if errors:
+            # Worst case for the failed items: each a regression (diff -1). The mean becomes
+            # (S - errors) / (n + errors), a monotone map applied to the interval's lower bound.
+            worst = (ci_low / 100.0 * n - errors) / (n + errors) * 100.0
+            if worst <= -within + _EPS:
+                return verdict(
+                    INCONCLUSIVE,
+                    f"the clone clears the margin on the scored items, but if the {errors} items lost "
+                    f"to failed model calls were all regressions the lower bound would be {worst:.1f} pts",
+                )
+        return verdict(PASS, f"the clone is within the margin: the whole {level} interval lies above -{within:g} pts")
+    span = f"the {level} interval [{_pts(ci_low)}, {_pts(ci_high)}] pts contains the -{within:g}-point margin"
+    if needed is None:
+        return verdict(
+            INCONCLUSIVE,
+            f"{span} and the estimate sits on the margin: no sample size is expected to settle it",
+        )
+    if diff < -within:
+        return verdict(
+            INCONCLUSIVE,
+            f"{span}; the estimate {_pts(diff)} pts is already past the margin, so more data would "
+            f"most likely confirm a failure: about {needed} {unit_word} would settle it",
+            needed,
+        )
+    return verdict(
+        INCONCLUSIVE,
+        f"{span}: too few {unit_word} to show the clone within it; at the observed effect about "
+        f"{needed} {unit_word} would",
+        needed,
+    )
+
+
+def _legacy_verdict(
+    cohort: str,
+    metric: str,
+    expert: Scores,
+    clone: Scores,
+    *,
+    within: float,
+    clusters: Sequence[Hashable] | None = None,
+    errors: int = 0,
+    total: int | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    min_n: int = DEFAULT_MIN_N,
+    interval: Literal["bca", "percentile"] = "bca",
+) -> Verdict:
+    """The gate's previous rule, kept for comparison (``bench/parity_grid.py``); do not gate on it.
+
+    BCa cluster bootstrap interval; ``min_n`` and failed calls checked before "wholly below";
+    inconclusive when the half-width exceeds the margin, else fail unless ``ci_low > -within``.
+    That half-width rule made verdicts non-monotone in the clone's scores, and the bootstrap
+    interval collapses to [0, 0] on small samples without regressions (issue 14).
     """
     import numpy as np
 
@@ -271,33 +507,10 @@ def parity_verdict(
     _check_options(where, within, confidence, resamples, max_error_rate, min_n)
     if interval not in ("bca", "percentile"):
         raise GateError(f"{where}: interval={interval!r}: expected 'bca' (the default) or 'percentile'")
-    e = _scores(where, "expert", expert)
-    c = _scores(where, "clone", clone)
+    e, c, errors, total = _inputs(where, expert, clone, clusters, errors, total)
     n = int(e.shape[0])
-    if c.shape[0] != n:
-        raise GateError(
-            f"{where}: expert has {n} scores and clone has {c.shape[0]}: parity is paired, so pass "
-            "one score per item for both agents, in the same item order"
-        )
-    if clusters is not None and len(clusters) != n:
-        raise GateError(
-            f"{where}: clusters has {len(clusters)} ids for {n} items: pass one trajectory id per "
-            "item (or clusters=None when items are independent)"
-        )
-    if isinstance(errors, bool) or not isinstance(errors, numbers.Integral) or errors < 0:
-        raise GateError(
-            f"{where}: errors={errors!r}: expected the number (>= 0) of items excluded because a "
-            "model call failed"
-        )
-    if total is None:
-        total = n + errors
-    if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < errors:
-        raise GateError(
-            f"{where}: total={total!r} with errors={errors}: expected the number of items "
-            "attempted, at least errors; leave total=None to use scored items + errors"
-        )
     # numpy scalars are accepted; the verdict holds plain Python numbers (JSON-able).
-    errors, total, resamples, min_n = int(errors), int(total), int(resamples), int(min_n)
+    resamples, min_n = int(resamples), int(min_n)
     within, confidence, max_error_rate = float(within), float(confidence), float(max_error_rate)
     error_rate = errors / total if total else 0.0
     alpha = 1.0 - confidence
@@ -313,25 +526,10 @@ def parity_verdict(
         expert_mean = math.fsum(e.tolist()) / n
         clone_mean = math.fsum(c.tolist()) / n
         diff = math.fsum((c - e).tolist()) * 100.0 / n
-        rng = np.random.default_rng(derive_seed(seed, cohort, metric))
-        kinds, mult = _kinds(units_sum, units_size)
-        boot = _bootstrap_points(units_sum, units_size, kinds, mult, resamples, rng)
-        # z0 and a are 0 for the percentile interval, which BCa then reduces to exactly.
-        z0, accel = (0.0, 0.0) if interval == "percentile" else _bca_constants(boot, diff, kinds, mult)
-        lo_level = _bca_level(z0, accel, alpha / 2)
-        hi_level = _bca_level(z0, accel, 1 - alpha / 2)
-        lo_index = min(resamples - 1, math.floor(lo_level * resamples + 1e-9))
-        hi_index = max(0, resamples - 1 - math.floor((1 - hi_level) * resamples + 1e-9))
-        # Clamping to the point estimate only ever widens the interval; it guards the
-        # "interval contains the estimate" guarantee against Monte Carlo noise in tiny samples.
-        ci_low = min(float(boot[lo_index]), diff)
-        ci_high = max(float(boot[hi_index]), diff)
-        # H0 is "diff <= -within": resamples exactly on the margin count against the clone
-        # (binary metrics put whole atoms there). boot is sorted, so the share at or below
-        # -within is a binary search; mapping it through the inverse BCa level map makes
-        # p <= alpha/2 exactly when ci_low > -within.
-        at_or_below = int(np.searchsorted(boot, -within + _EPS, side="right")) / resamples
-        p_value = _bca_p(z0, accel, at_or_below)
+        ci_low, ci_high, p_value = _bootstrap_interval(
+            units_sum, units_size, diff, within, alpha, resamples,
+            np.random.default_rng(derive_seed(seed, cohort, metric)), interval,
+        )
 
     def verdict(status: Status, reason: str, n_needed: int | None = None) -> Verdict:
         return Verdict(
@@ -375,7 +573,7 @@ def parity_verdict(
         return verdict(PASS, "zero regressions: the clone does at least as well as the expert on every item")
 
     halfwidth = (ci_high - ci_low) / 2
-    more = _needed(units, halfwidth, within)
+    more = _legacy_needed(units, halfwidth, within)
     if units < min_n:
         return verdict(
             INCONCLUSIVE,
@@ -494,6 +692,13 @@ def format_verdict(verdict: Verdict) -> list[str]:
         lines.append(f"  needed to decide: about {v.n_needed} {unit} (have {have})")
     if v.regressions:
         lines.append(f"  regressions: {v.regressions} items where the clone did worse than the expert")
+    if v.regression_rate_upper is not None and v.regression_units is not None:
+        unit = "trajectories" if v.n_clusters is not None else "items"
+        have = v.n_clusters if v.n_clusters is not None else v.n
+        lines.append(
+            f"  regression rate: {v.regression_units} of {have} {unit} regressed; rates up to "
+            f"{v.regression_rate_upper:.1%} are not ruled out ({level} one-sided upper bound)"
+        )
     if v.errors:
         lines.append(f"  failed model calls: {v.errors} of {v.total} items ({v.error_rate:.1%}), excluded")
     if v.holm_adjusted and v.p_adjusted is not None and v.p_value is not None:
@@ -693,6 +898,185 @@ def _bca_p(z0: float, a: float, share: float) -> float:
     return _NORMAL.cdf(q / den - z0)
 
 
-def _needed(units: int, halfwidth: float, within: float) -> int:
+def _legacy_needed(units: int, halfwidth: float, within: float) -> int:
     """Units that would shrink the half-width to the margin, by the 1/sqrt(n) law (within > 0)."""
     return max(units + 1, math.ceil(units * (halfwidth / within) ** 2 - 1e-9))
+
+
+def _inputs(
+    where: str, expert: Scores, clone: Scores, clusters: Sequence[Hashable] | None, errors: int, total: int | None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int, int]:
+    """Validated scores as float arrays, and plain-int ``errors`` and ``total``."""
+    e = _scores(where, "expert", expert)
+    c = _scores(where, "clone", clone)
+    n = int(e.shape[0])
+    if c.shape[0] != n:
+        raise GateError(
+            f"{where}: expert has {n} scores and clone has {c.shape[0]}: parity is paired, so pass "
+            "one score per item for both agents, in the same item order"
+        )
+    if clusters is not None and len(clusters) != n:
+        raise GateError(
+            f"{where}: clusters has {len(clusters)} ids for {n} items: pass one trajectory id per "
+            "item (or clusters=None when items are independent)"
+        )
+    if isinstance(errors, bool) or not isinstance(errors, numbers.Integral) or errors < 0:
+        raise GateError(
+            f"{where}: errors={errors!r}: expected the number (>= 0) of items excluded because a "
+            "model call failed"
+        )
+    if total is None:
+        total = n + int(errors)
+    if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < errors:
+        raise GateError(
+            f"{where}: total={total!r} with errors={errors}: expected the number of items "
+            "attempted, at least errors; leave total=None to use scored items + errors"
+        )
+    return e, c, int(errors), int(total)
+
+
+def _score_counts(sums: NDArray[np.float64], sizes: NDArray[np.float64]) -> tuple[float, float, float]:
+    """Tango's inputs for trajectory-level units: fractional gains ``B``, losses ``R``, effective ``n``.
+
+    ``n`` is Kish's effective number of units ``M^2 / sum m_j^2``; ``B = n * sum max(S_j, 0) / M``
+    and ``R = n * sum max(-S_j, 0) / M``, so ``(B - R) / n`` is the item-level mean difference.
+    Unclustered, ``n`` is the item count and ``B``, ``R`` the gains and losses. ``fsum`` over the
+    canonical unit order keeps the result independent of item order.
+    """
+    size_total = math.fsum(sizes.tolist())
+    n_eff = size_total * size_total / math.fsum((sizes * sizes).tolist())
+    scale = n_eff / size_total
+    gains = math.fsum(s for s in sums.tolist() if s > 0) * scale
+    losses = math.fsum(-s for s in sums.tolist() if s < 0) * scale
+    return gains, losses, n_eff
+
+
+def _score_q(gains: Any, losses: Any, n: Any, delta: Any) -> Any:
+    """Constrained ML share of losses under ``true diff = delta`` (Tango 1998). Vectorised."""
+    import numpy as np
+
+    w = (gains + losses) + (gains - losses) * delta - 2.0 * n * delta
+    disc = np.maximum(w * w + 8.0 * n * losses * delta * (1.0 - delta), 0.0)
+    return (w + np.sqrt(disc)) / (4.0 * n)
+
+
+def _score_var(gains: Any, losses: Any, n: Any, delta: Any) -> Any:
+    """Per-unit variance of the difference under ``true diff = delta``: ``2 q + delta - delta^2``."""
+    import numpy as np
+
+    return np.maximum(2.0 * _score_q(gains, losses, n, delta) + delta - delta * delta, 0.0)
+
+
+def _score_z(gains: Any, losses: Any, n: Any, delta: Any) -> Any:
+    """Tango's score statistic ``(B - R - n delta) / sqrt(n V(delta))``; +-inf where V is 0. Vectorised.
+
+    Works on floats or numpy arrays (one gate per element): the bench and the sequential gate
+    call it on arrays of gates.
+    """
+    import numpy as np
+
+    num = np.asarray(gains - losses - n * delta, dtype=np.float64)
+    den = np.sqrt(np.asarray(n * _score_var(gains, losses, n, delta), dtype=np.float64))
+    safe = np.where(den > 0, den, 1.0)
+    # V = 0 only where the data admit no spread at delta: any distance is infinitely many SDs,
+    # and 0/0 (no discordance, delta equal to the estimate) is no evidence either way.
+    edge = np.where(num > 0, np.inf, np.where(num < 0, -np.inf, 0.0))
+    return np.where(den > 0, num / safe, edge)
+
+
+def _score_bounds(gains: Any, losses: Any, n: Any, z: float) -> tuple[Any, Any]:
+    """The score interval ``{d : -z <= Z(d) <= z}`` as fractions, by bisection. Vectorised.
+
+    ``Z`` decreases in ``d`` and is 0 at the estimate, so the lower bound is the crossing of
+    ``z`` on ``[-1, estimate]`` and the upper the crossing of ``-z`` on ``[estimate, 1]``. The
+    returned bounds sit on the not-rejected side of each crossing.
+    """
+    import numpy as np
+
+    est = np.asarray((gains - losses) / n, dtype=np.float64)
+    # Both crossings at once: row 0 brackets the lower bound, row 1 the upper.
+    lo = np.stack([np.full_like(est, -1.0), est])
+    hi = np.stack([est, np.full_like(est, 1.0)])
+    sign = np.array([1.0, -1.0]).reshape((2,) + (1,) * est.ndim)
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        # Row 0 rejects where Z > z (the bound is higher); row 1 where Z < -z (it is lower).
+        beyond = sign * _score_z(gains, losses, n, mid) > z
+        lo = np.where(beyond == (sign > 0), mid, lo)
+        hi = np.where(beyond == (sign > 0), hi, mid)
+    return hi[0], lo[1]
+
+
+def _score_var_one(gains: float, losses: float, n: float, delta: float) -> float:
+    """:func:`_score_var` for one gate in plain floats (a verdict's hot path: no numpy overhead)."""
+    w = (gains + losses) + (gains - losses) * delta - 2.0 * n * delta
+    q = (w + math.sqrt(max(w * w + 8.0 * n * losses * delta * (1.0 - delta), 0.0))) / (4.0 * n)
+    return max(2.0 * q + delta - delta * delta, 0.0)
+
+
+def _score_z_one(gains: float, losses: float, n: float, delta: float) -> float:
+    """:func:`_score_z` for one gate in plain floats; same formula, same edge values."""
+    num = gains - losses - n * delta
+    den = math.sqrt(n * _score_var_one(gains, losses, n, delta))
+    if den > 0:
+        return num / den
+    return math.inf if num > 0 else -math.inf if num < 0 else 0.0
+
+
+def _score_bounds_one(gains: float, losses: float, n: float, z: float) -> tuple[float, float]:
+    """:func:`_score_bounds` for one gate in plain floats (the same bisection, step for step)."""
+    est = (gains - losses) / n
+    lo, hi = -1.0, est
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _score_z_one(gains, losses, n, mid) > z else (lo, mid)
+    lower = hi
+    lo, hi = est, 1.0
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _score_z_one(gains, losses, n, mid) < -z else (mid, hi)
+    return lower, lo
+
+
+def _needed_units(gains: float, losses: float, n_eff: float, units: int, diff: float, within: float,
+                  z: float) -> int | None:
+    """Units at which the observed shares would settle the margin: ``z^2 V(-w) / (D + w)^2``.
+
+    ``diff`` and ``within`` are fractions. ``None`` when the estimate sits on the margin (no
+    size is expected to settle it). Converted from effective units to units by ``units / n``.
+    """
+    gap = diff + within
+    if abs(gap) < 1e-12:
+        return None
+    var = _score_var_one(gains, losses, n_eff, -within)
+    if var <= 0.0:
+        return units + 1
+    effective = z * z * var / (gap * gap)
+    return max(units + 1, math.ceil(effective * units / n_eff - 1e-9))
+
+
+def _bootstrap_interval(
+    sums: NDArray[np.float64], sizes: NDArray[np.float64], diff: float, within: float, alpha: float,
+    resamples: int, rng: np.random.Generator, interval: str,
+) -> tuple[float, float, float]:
+    """The seeded cluster bootstrap interval (BCa or percentile) in points and its p-value.
+
+    Kept for ``interval="bca"``/``"percentile"`` and the previous rule: ``z0`` and ``a`` are 0 for
+    the percentile interval, which BCa then reduces to exactly. The interval is widened, if need
+    be, to contain the estimate. H0 is "diff <= -within": resamples exactly on the margin count
+    against the clone; mapping their share through the inverse BCa level map makes
+    ``p <= alpha/2`` exactly when ``ci_low > -within``.
+    """
+    import numpy as np
+
+    kinds, mult = _kinds(sums, sizes)
+    boot = _bootstrap_points(sums, sizes, kinds, mult, resamples, rng)
+    z0, accel = (0.0, 0.0) if interval == "percentile" else _bca_constants(boot, diff, kinds, mult)
+    lo_level = _bca_level(z0, accel, alpha / 2)
+    hi_level = _bca_level(z0, accel, 1 - alpha / 2)
+    lo_index = min(resamples - 1, math.floor(lo_level * resamples + 1e-9))
+    hi_index = max(0, resamples - 1 - math.floor((1 - hi_level) * resamples + 1e-9))
+    ci_low = min(float(boot[lo_index]), diff)
+    ci_high = max(float(boot[hi_index]), diff)
+    at_or_below = int(np.searchsorted(boot, -within + _EPS, side="right")) / resamples
+    return ci_low, ci_high, _bca_p(z0, accel, at_or_below)

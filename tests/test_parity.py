@@ -69,13 +69,33 @@ def test_clear_fail() -> None:
     assert v.reason.startswith("the clone is worse than the margin allows")
 
 
-def test_fail_wording_follows_where_the_interval_sits() -> None:
-    # Point estimate inside the margin but the interval reaches past it: "may be worse".
+def test_an_interval_across_the_margin_is_inconclusive_and_says_which_way_it_leans() -> None:
     e = [1.0] * 1000
-    c = [1.0] * 975 + [0.0] * 25  # -2.5 points, interval about +/-1
-    v = parity_verdict("c", "m", e, c, within=3)
-    assert v.status == "fail" and v.diff is not None and v.diff > -3
-    assert v.reason.startswith("the clone may be worse than the margin allows")
+    inside = parity_verdict("c", "m", e, [1.0] * 975 + [0.0] * 25, within=3)  # -2.5 points
+    assert inside.status == "inconclusive" and inside.ci_low is not None and inside.ci_high is not None
+    assert inside.ci_low < -3 < inside.ci_high
+    assert "too few items to show the clone within it" in inside.reason
+    past = parity_verdict("c", "m", e, [1.0] * 965 + [0.0] * 35, within=3)  # -3.5 points
+    assert past.status == "inconclusive" and past.ci_low is not None and past.ci_high is not None
+    assert past.ci_low < -3 < past.ci_high
+    assert "is already past the margin, so more data would most likely confirm a failure" in past.reason
+    assert past.n_needed is not None and f"about {past.n_needed} items would settle it" in past.reason
+    on = parity_verdict("c", "m", [1.0] * 100, [1.0] * 97 + [0.0] * 3, within=3)  # exactly -3
+    assert on.status == "inconclusive" and on.n_needed is None
+    assert "the estimate sits on the margin: no sample size is expected to settle it" in on.reason
+
+
+def test_monotone_where_the_half_width_rule_was_not() -> None:
+    # Issue 14: the v8 clone (diff -0.3, CI [-1.9, 0], margin 1) got FAIL while the worse v7
+    # clone got INCONCLUSIVE, because the old rule compared the half-width with the margin.
+    e = [1.0] * 300
+    v7 = [1.0] * 297 + [0.0] * 3
+    v8 = [1.0] * 299 + [0.0] * 1  # v7 with two of its losses fixed
+    old7, old8 = (parity._legacy_verdict("c", "m", e, c, within=1) for c in (v7, v8))
+    assert (old7.status, old8.status) == ("inconclusive", "fail")  # the bug
+    new7, new8 = (parity_verdict("c", "m", e, c, within=1) for c in (v7, v8))
+    assert (new7.status, new8.status) == ("inconclusive", "inconclusive")
+    assert new8.ci_low is not None and new7.ci_low is not None and new8.ci_low > new7.ci_low
 
 
 def test_unresolvable_cohort_is_inconclusive_with_the_size_that_would_resolve_it() -> None:
@@ -83,12 +103,18 @@ def test_unresolvable_cohort_is_inconclusive_with_the_size_that_would_resolve_it
     e = (rng.random(500) < 0.9).astype(float).tolist()
     c = (rng.random(500) < 0.9).astype(float).tolist()  # independent: wide interval
     v = parity_verdict("safety", "task_success", e, c, within=3)
-    assert v.status == "inconclusive"
-    assert v.halfwidth is not None and v.halfwidth > 3
-    assert v.n_needed == int(np.ceil(500 * (v.halfwidth / 3) ** 2 - 1e-9))
+    assert v.status == "inconclusive" and v.diff is not None and v.diff > -3
+    # n_needed is where the observed shares would just settle the margin: z^2 V(-w) / (D + w)^2.
+    gains = sum(1 for a, b in zip(e, c) if b > a)
+    losses = sum(1 for a, b in zip(e, c) if b < a)
+    var = float(parity._score_var(gains, losses, 500, -0.03))
+    assert v.n_needed == int(np.ceil(1.959963984540054**2 * var / (v.diff / 100 + 0.03) ** 2 - 1e-9))
     assert v.n_needed > 500
-    assert "too small to resolve a 3-point margin" in v.reason
-    assert f"about {v.n_needed} items would resolve it" in v.reason
+    assert f"at the observed effect about {v.n_needed} items would" in v.reason
+    # ... and it is right: the same shares on n_needed items pass, on fewer they do not.
+    copies = -(-v.n_needed // 500)
+    assert parity_verdict("s", "t", e * copies, c * copies, within=3).status == "pass"
+    assert parity_verdict("s", "t", e * (copies - 1), c * (copies - 1), within=3).status == "inconclusive"
 
 
 def test_unresolvable_but_wholly_below_the_margin_is_a_fail() -> None:
@@ -101,7 +127,7 @@ def test_unresolvable_but_wholly_below_the_margin_is_a_fail() -> None:
     assert v.status == "fail"
 
 
-def test_clustered_items_resample_trajectories_and_count_them() -> None:
+def test_clustered_items_are_judged_by_trajectory_and_counted() -> None:
     # 40 trajectories x 10 steps; the clone fails whole trajectories: strongly correlated steps.
     e = [1.0] * 400
     c = [0.0 if t % 10 == 0 else 1.0 for t in range(40) for _ in range(10)]
@@ -111,21 +137,103 @@ def test_clustered_items_resample_trajectories_and_count_them() -> None:
     assert grouped.n == 400 and grouped.n_clusters == 40
     assert flat.diff == grouped.diff == -10.0
     assert grouped.halfwidth is not None and flat.halfwidth is not None
-    assert grouped.halfwidth > 2 * flat.halfwidth  # the item bootstrap understates the variance
+    assert grouped.halfwidth > 2 * flat.halfwidth  # the item interval understates the variance
+    assert flat.status == "fail"  # 400 independent items would be conclusive; 40 trajectories are not
     assert grouped.status == "inconclusive"
+    # 4 of 40 trajectories lost is Tango's interval for 4 losses in 40 pairs.
+    ref = parity_verdict("c", "m", [1.0] * 40, [0.0] * 4 + [1.0] * 36, within=3)
+    assert (grouped.ci_low, grouped.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), abs=1e-9)
     assert grouped.n_needed is not None and grouped.n_needed > 40
-    assert "trajectories would resolve it" in grouped.reason
+    assert "most likely confirm a failure: about" in grouped.reason
     assert f"  needed to decide: about {grouped.n_needed} trajectories (have 40)" in format_verdict(grouped)
 
 
 def test_too_few_units() -> None:
-    v = parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=3)
+    v = parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=50)
     assert v.status == "inconclusive"
     assert v.reason == "too few items to decide: 5, at least 10 are needed"
     assert v.n_needed == 10
     v = parity_verdict("c", "m", [0.5] * 50, [0.5] * 50, within=3, clusters=[i % 4 for i in range(50)])
     assert v.reason == "too few trajectories to decide: 4, at least 10 are needed"
-    assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=3, min_n=5).status == "pass"
+    assert v.n_needed is not None and v.n_needed > 10  # what the margin needs, beyond min_n
+    # min_n is a guard on passing; the interval itself is honest: 5 identical items do not
+    # resolve a 3-point margin (the clone could lose up to 43 points) ...
+    assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=3, min_n=5).status == "inconclusive"
+    # ... but they do resolve a 50-point one.
+    assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=50, min_n=5).status == "pass"
+
+
+def test_min_n_and_failed_calls_never_mask_a_fail() -> None:
+    # Issue 14: 9 trajectories at -93 points were INCONCLUSIVE "about 85 trajectories needed".
+    e, c = [1.0] * 9, [0.0] * 8 + [1.0]
+    for kw in ({}, {"errors": 1}, {"errors": 5, "max_error_rate": 0.0}, {"min_n": 100}):
+        v = parity_verdict("long_tail", "task_success", e, c, within=3, **kw)  # type: ignore[arg-type]
+        assert v.status == "fail", (kw, v.reason)
+        assert "the whole 95% interval lies below -3 pts" in v.reason
+    # An observed regression under within=0 is a fail whatever min_n and the failed calls.
+    for kw in ({}, {"errors": 3}, {"min_n": 100}, {"errors": 3, "max_error_rate": 0.5}):
+        v = parity_verdict("safety", "refusal", [1.0] * 4, [1.0, 1.0, 0.0, 1.0], within=0, **kw)  # type: ignore[arg-type]
+        assert v.status == "fail" and v.regressions == 1, kw
+
+
+def test_discriminating_strict_margin_on_2000_items() -> None:
+    # 2,000 items, the expert always right, a 3-point margin. Tango's lower bound with no gains
+    # is Wilson's upper bound on the loss rate: 45 losses clear the margin, 46 do not.
+    e = [1.0] * 2000
+    v45 = parity_verdict("c", "m", e, [1.0] * 1955 + [0.0] * 45, within=3)
+    v46 = parity_verdict("c", "m", e, [1.0] * 1954 + [0.0] * 46, within=3)
+    z = 1.959963984540054
+    for v, r in ((v45, 45), (v46, 46)):
+        p = r / 2000
+        wilson = (p + z * z / 4000 + z * np.sqrt(p * (1 - p) / 2000 + z * z / 4000**2)) / (1 + z * z / 2000)
+        assert v.ci_low == pytest.approx(-100 * wilson, abs=1e-9)
+    assert (v45.status, v46.status) == ("pass", "inconclusive")
+    # The old rule failed 46 losses as "may be worse" though the estimate, -2.3, is inside.
+    assert parity._legacy_verdict("c", "m", e, [1.0] * 1954 + [0.0] * 46, within=3).status == "fail"
+
+
+def test_zero_losses_in_ten_items_bound_near_the_rule_of_three() -> None:
+    v = parity_verdict("long_tail", "task_success", [1.0] * 10, [1.0] * 10, within=3)
+    assert v.ci_low == pytest.approx(-100 * 1.959963984540054**2 / (10 + 1.959963984540054**2))  # -27.8
+    assert v.status == "inconclusive"
+    zero = parity_verdict("safety", "refusal", [1.0] * 10, [1.0] * 10, within=0)
+    assert zero.status == "pass" and zero.regression_units == 0
+    assert zero.regression_rate_upper == pytest.approx(1 - 0.05 ** (1 / 10))  # 25.9%, about 3/n
+    assert "a regression rate up to 25.9% of items is not ruled out" in zero.reason
+    assert ("  regression rate: 0 of 10 items regressed; rates up to 25.9% are not ruled out "
+            "(95% one-sided upper bound)") in format_verdict(zero)
+    grouped = parity_verdict("safety", "refusal", [1.0] * 40, [1.0] * 38 + [0.0, 1.0], within=0,
+                             clusters=[i // 4 for i in range(40)])
+    assert grouped.status == "fail" and grouped.regression_units == 1
+    assert grouped.regression_rate_upper == pytest.approx(parity.regression_rate_upper(1, 10))
+
+
+def test_clopper_pearson_upper_bound_matches_scipy() -> None:
+    from scipy.stats import beta
+
+    for x, n in ((1, 10), (3, 100), (46, 2000), (9, 10)):
+        assert parity.regression_rate_upper(x, n) == pytest.approx(beta.ppf(0.95, x + 1, n - x), rel=1e-9)
+    assert parity.regression_rate_upper(10, 10) == 1.0
+
+
+def test_score_statistic_uses_the_constrained_maximum_likelihood() -> None:
+    # Independent check of the closed-form root: maximise the multinomial likelihood under
+    # p_gain - p_loss = d numerically, and compare Tango's statistic at the interval's ends.
+    from scipy.optimize import minimize_scalar
+
+    gains, losses, n = 7.0, 19.0, 120.0
+    v = parity_verdict("c", "m", [0.0] * 7 + [1.0] * 19 + [1.0] * 94, [1.0] * 7 + [0.0] * 19 + [1.0] * 94,
+                       within=3, min_n=1)
+    assert v.ci_low is not None and v.ci_high is not None
+    for d in (v.ci_low / 100, v.ci_high / 100):
+        lo, hi = max(0.0, -d) + 1e-12, (1 - d) / 2 - 1e-12
+
+        def nll(q: float, d: float = d) -> float:
+            return -(gains * np.log(q + d) + losses * np.log(q) + (n - gains - losses) * np.log(1 - 2 * q - d))
+
+        q = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}).x
+        stat = (gains - losses - n * d) / np.sqrt(n * (2 * q + d - d * d))
+        assert abs(stat) == pytest.approx(1.959963984540054, abs=1e-4)
 
 
 def test_no_items() -> None:
@@ -286,16 +394,18 @@ def test_cohort_and_metric_get_independent_resamples() -> None:
     rng = np.random.default_rng(9)
     e = rng.random(300).tolist()
     c = rng.random(300).tolist()
-    a = parity_verdict("a", "m", e, c, within=3)
-    b = parity_verdict("b", "m", e, c, within=3)
+    a = parity_verdict("a", "m", e, c, within=3, interval="bca")
+    b = parity_verdict("b", "m", e, c, within=3, interval="bca")
     assert a.diff == b.diff and (a.ci_low, a.ci_high) != (b.ci_low, b.ci_high)
+    # the score interval draws no random numbers
+    assert parity_verdict("a", "m", e, c, within=3).ci_low == parity_verdict("b", "m", e, c, within=3).ci_low
 
 
 def test_multinomial_shortcut_matches_resampling_items(monkeypatch: pytest.MonkeyPatch) -> None:
     e, c = binary(3000, 0.85, lose=0.04, win=0.1, seed=4)
-    fast = parity_verdict("c", "m", e, c, within=3, resamples=20000)
+    fast = parity_verdict("c", "m", e, c, within=3, resamples=20000, interval="bca")
     monkeypatch.setattr(parity, "_COMPRESS_FACTOR", 10**9)  # force the index path
-    slow = parity_verdict("c", "m", e, c, within=3, resamples=20000)
+    slow = parity_verdict("c", "m", e, c, within=3, resamples=20000, interval="bca")
     assert fast.ci_low == pytest.approx(slow.ci_low, abs=0.15)
     assert fast.ci_high == pytest.approx(slow.ci_high, abs=0.15)
 
@@ -312,7 +422,7 @@ def test_percentile_interval_option() -> None:
     e = [0.2, 0.4, 0.9, 1.0, 0.3] * 40
     c = [0.25, 0.35, 0.9, 0.95, 0.3] * 40
     pct = parity_verdict("c", "m", e, c, within=3, interval="percentile")
-    bca = parity_verdict("c", "m", e, c, within=3)
+    bca = parity_verdict("c", "m", e, c, within=3, interval="bca")
     assert pct.diff == bca.diff and pct.ci_low is not None and bca.ci_low is not None
     assert abs(pct.ci_low - bca.ci_low) < 0.5
 
@@ -387,7 +497,7 @@ WHERE = "cohort 'long_tail' / metric 'task_success'"
                          "call failed")),
         ({"errors": 3, "total": 2}, (f"{WHERE}: total=2 with errors=3: expected the number of items attempted,"
                                     " at least errors; leave total=None to use scored items + errors")),
-        ({"interval": "normal"}, f"{WHERE}: interval='normal': expected 'bca' (the default) or 'percentile'"),
+        ({"interval": "normal"}, f"{WHERE}: interval='normal': expected 'score' (the default), 'bca' or 'percentile'"),
     ],
 )
 def test_bad_inputs_raise_gate_error_naming_value_and_fix(kwargs: dict[str, object], message: str) -> None:
@@ -441,3 +551,36 @@ def test_an_interval_wholly_below_the_margin_fails_even_when_wide():
     v = parity_verdict("c", "task_completion", expert, clone, within=2, clusters=[str(i) for i in range(12)])
     assert v.ci_high is not None and v.ci_high < -2
     assert v.status == "fail" and "whole 95% interval lies below -2 pts" in v.reason
+
+
+def test_bca_option_agrees_with_scipy_bootstrap_on_unclustered_data() -> None:
+    from scipy.stats import bootstrap
+
+    # Skewed losses (a few items lose some points): BCa and the percentile interval differ here,
+    # by more than the tolerance, so this pins the BCa corrections and not just the resampling.
+    rng = np.random.default_rng(3)
+    e = np.ones(120)
+    c = np.clip(1 - rng.exponential(0.08, 120) * (rng.random(120) < 0.3), 0, 1)
+    ours = parity_verdict("c", "m", e, c, within=3, interval="bca", resamples=20000)
+    ref = bootstrap(((c - e) * 100,), np.mean, method="BCa", n_resamples=20000, random_state=1).confidence_interval
+    assert ours.ci_low == pytest.approx(ref.low, abs=0.1)
+    assert ours.ci_high == pytest.approx(ref.high, abs=0.1)
+    pct = parity_verdict("c", "m", e, c, within=3, interval="percentile", resamples=20000)
+    assert pct.ci_low is not None and abs(pct.ci_low - ref.low) > 0.15
+
+
+def test_vectorised_score_interval_matches_the_verdicts() -> None:
+    # The bench and the sequential gate evaluate many gates at once with the numpy version; a
+    # verdict uses the plain-float one. They must agree to the last bit that matters.
+    rng = np.random.default_rng(5)
+    n = rng.integers(1, 3000, 200).astype(float)
+    gains = np.floor(rng.random(200) * n * 0.3)
+    losses = np.floor(rng.random(200) * (n - gains) * 0.3)
+    z = 1.959963984540054
+    low, high = parity._score_bounds(gains, losses, n, z)
+    stats = parity._score_z(gains, losses, n, -0.03)
+    for i in range(200):
+        one_low, one_high = parity._score_bounds_one(float(gains[i]), float(losses[i]), float(n[i]), z)
+        assert (one_low, one_high) == pytest.approx((float(low[i]), float(high[i])), abs=1e-12)
+        assert parity._score_z_one(float(gains[i]), float(losses[i]), float(n[i]), -0.03) == pytest.approx(
+            float(stats[i]), rel=1e-12)
