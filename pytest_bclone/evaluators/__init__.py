@@ -57,6 +57,7 @@ from .base import (
     episode_key,
     expert_actions,
 )
+from .columns import StepColumns, TrajectoryColumns, score_steps_columns, score_trajectories_columns
 from .completion import TaskCompletion
 from .imitation import ActionMatch, DeadTool, ToolArguments, ToolSelection, disagreement_rate
 from .judge import RUBRICS, LLMJudge, judge_items
@@ -85,12 +86,14 @@ __all__ = [
     "ShiftFlag",
     "StateChangePolicy",
     "Step",
+    "StepColumns",
     "StepCount",
     "StepEvaluator",
     "TaskCompletion",
     "ToolArguments",
     "ToolSelection",
     "Toolset",
+    "TrajectoryColumns",
     "TrajectoryEvaluator",
     "TrajectoryScore",
     "canon",
@@ -106,7 +109,9 @@ __all__ = [
     "max_weight_assignment",
     "score_episodes",
     "score_steps",
+    "score_steps_columns",
     "score_trajectories",
+    "score_trajectories_columns",
     "toolset",
 ]
 
