@@ -23,11 +23,15 @@ from .schema import canonical_json, trajectory_to_row, unknown_keys_message, val
 _OUR_KEYS = ("id", "cohorts", "split", "expected", "expert_scores", "metadata")
 
 
-def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical form of OpenAI messages: arguments as sorted compact JSON, ``content`` always present."""
+def normalise_messages(messages: Sequence[Mapping[str, Any]], *, copy: bool = True) -> list[dict[str, Any]]:
+    """Canonical form of OpenAI messages: arguments as sorted compact JSON, ``content`` always present.
+
+    ``copy=False`` edits the given message dicts in place (an importer's freshly parsed objects,
+    which nobody else holds): no per-message copy on the import path.
+    """
     out = []
     for m in messages:
-        msg = dict(m)
+        msg = m if not copy and type(m) is dict else dict(m)
         if msg.get("role") == "assistant":
             msg.setdefault("content", None)
             if msg.get("tool_calls") and type(msg["tool_calls"]) is list:
@@ -148,7 +152,8 @@ def _line_to_row(
         "id": row_id,
         "cohorts": list(cohorts) if get("cohorts") is None else obj["cohorts"],
         "split": split or get("split") or (_eval_split(row_id, eval_fraction) if isinstance(row_id, str) else "eval"),
-        "messages": normalise_messages(msgs) if type(msgs) is list and all(type(m) is dict for m in msgs) else msgs,
+        "messages": normalise_messages(msgs, copy=False) if type(msgs) is list and all(type(m) is dict for m in msgs)
+        else msgs,
         "tools": [] if get("tools") is None else obj["tools"],
         "expected": get("expected"),
         "expert_scores": {} if get("expert_scores") is None else obj["expert_scores"],

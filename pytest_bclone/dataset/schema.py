@@ -124,6 +124,9 @@ _NEEDS_CONTENT = frozenset({"system", "developer", "user"})
 _COHORT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+_ABSENT = object()
+
+
 def _is_num(v: Any) -> bool:
     return type(v) is float or type(v) is int  # bool is not a number for the schema either
 
@@ -166,7 +169,7 @@ def _fast_message(m: Any) -> bool:
 
 
 def _fast_tool(t: Any) -> bool:
-    if type(t) is not dict or t.get("type") != "function" or "type" not in t:
+    if type(t) is not dict or t.get("type") != "function":
         return False
     fn = t.get("function")
     if type(fn) is not dict:
@@ -174,7 +177,8 @@ def _fast_tool(t: Any) -> bool:
     name = fn.get("name")
     if type(name) is not str or not name:
         return False
-    return not ("parameters" in fn and type(fn["parameters"]) is not dict)
+    params = fn.get("parameters", _ABSENT)
+    return params is _ABSENT or type(params) is dict
 
 
 def _fast_expected(e: Any) -> bool:
@@ -208,12 +212,9 @@ def fast_valid(row: Any) -> bool:
     """
     if type(row) is not dict:
         return False
-    for k in row:
-        if k not in _KEYSET:
-            return False
-    for k in _REQUIRED:
-        if k not in row:
-            return False
+    keys = row.keys()
+    if not keys <= _KEYSET or not _REQUIRED_SET <= keys:
+        return False
     rid, cohorts, msgs, tools = row["id"], row["cohorts"], row["messages"], row["tools"]
     if type(rid) is not str or not rid or row["split"] not in ("train", "eval") or type(row["split"]) is not str:
         return False
@@ -225,15 +226,17 @@ def fast_valid(row: Any) -> bool:
     if type(msgs) is not list or not msgs:
         return False
     has_assistant = False
+    fast_message = _fast_message
     for m in msgs:
-        if not _fast_message(m):
+        if not fast_message(m):
             return False
-        if m["role"] == "assistant":
+        if not has_assistant and m["role"] == "assistant":
             has_assistant = True
     if not has_assistant or type(tools) is not list:
         return False
+    fast_tool = _fast_tool
     for t in tools:
-        if not _fast_tool(t):
+        if not fast_tool(t):
             return False
     if "expected" in row and not _fast_expected(row["expected"]):
         return False
@@ -248,6 +251,7 @@ def fast_valid(row: Any) -> bool:
 
 
 _KEYSET = frozenset(ROW_KEYS)
+_REQUIRED_SET = frozenset(_REQUIRED)
 
 
 def validate_row(row: Any, source: str) -> None:
