@@ -19,7 +19,7 @@ from ..errors import BcloneError
 SCHEMA_ID = "pytest-bclone/report/1"
 """The value of ``summary["schema"]``; bumped whenever a field changes meaning or disappears."""
 
-DECISIONS = ("SHIP", "SHIP WITH HYBRID ROUTE", "BLOCKED")
+DECISIONS = ("SHIP", "SHIP WITH HYBRID ROUTE", "BLOCKED", "NO DECISION")
 
 
 class ReportError(BcloneError):
@@ -54,10 +54,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, source: str
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp creates 0600; a report is an ordinary file, readable as the umask allows.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _ordinary_permissions(tmp)
         os.replace(tmp, target)
     except OSError as exc:
         _unlink_quietly(tmp)
@@ -96,6 +93,7 @@ def temp_path_for(path: str | os.PathLike[str], *, source: str) -> tuple[Path, P
 def finish_temp(target: Path, tmp: Path, *, source: str) -> Path:
     """Move a completely written temp file over ``target`` (atomic)."""
     try:
+        _ordinary_permissions(tmp)
         os.replace(tmp, target)
     except OSError as exc:
         _unlink_quietly(str(tmp))
@@ -103,6 +101,14 @@ def finish_temp(target: Path, tmp: Path, *, source: str) -> Path:
             f"{source}: cannot write {str(target)!r}: {exc.strerror or exc}; choose a path in a writable directory"
         ) from None
     return target
+
+
+def _ordinary_permissions(path: str | os.PathLike[str]) -> None:
+    """mkstemp creates 0600; a report is an ordinary file, readable as the umask allows (every
+    artifact, JSON to Parquet, ends with the same mode)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:
