@@ -212,3 +212,208 @@ def test_a_gate_runs_on_imported_traces(traces: dict[str, Path], pytester: pytes
     bad = pytester.runpytest("test_gate_strict.py", "--bclone-clone=python:clones:lazy", "-p", "no:cacheprovider")
     bad.assert_outcomes(failed=1)
     bad.stdout.re_match_lines([r".*support / action_match: n=44 \(19 trajectories\).* -> FAIL.*"])
+
+
+# -- conventions without a live instrumentor here, inputs, sessions, scores ------------------------
+TID = "5b8aa5a2d2c872e8321cf37308d69df2"
+
+
+def _span(name: str, attributes: dict[str, Any], *, trace: str = TID, span: str = "1a2b3c4d5e6f7081",
+          start: str = "2026-03-04T09:30:00Z", events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"name": name, "context": {"trace_id": f"0x{trace}", "span_id": f"0x{span}"}, "parent_id": None,
+            "start_time": start, "end_time": start.replace(":00Z", ":01Z"), "attributes": attributes,
+            "events": events or []}
+
+
+def _write(path: Path, spans: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    return path
+
+
+def test_openllmetry_prompt_and_completion_attributes(tmp_path: Path) -> None:
+    first = _span("openai.chat", {
+        "llm.request.type": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o",
+        "gen_ai.prompt.0.role": "system", "gen_ai.prompt.0.content": "Be brief.",
+        "gen_ai.prompt.1.role": "user", "gen_ai.prompt.1.content": "Where is W7?",
+        "gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.finish_reason": "tool_calls",
+        "gen_ai.completion.0.tool_calls.0.id": "c1", "gen_ai.completion.0.tool_calls.0.name": "get_order",
+        "gen_ai.completion.0.tool_calls.0.arguments": "{\"order_id\": \"W7\"}",
+        "llm.request.functions.0.name": "get_order", "llm.request.functions.0.description": "Look up",
+        "llm.request.functions.0.parameters": "{\"type\": \"object\", \"properties\": {\"order_id\": {}}}",
+    })
+    second = _span("openai.chat", {
+        "llm.request.type": "chat", "gen_ai.system": "openai", "gen_ai.response.model": "gpt-4o-2024",
+        "gen_ai.prompt.0.role": "system", "gen_ai.prompt.0.content": "Be brief.",
+        "gen_ai.prompt.1.role": "user", "gen_ai.prompt.1.content": "Where is W7?",
+        "gen_ai.prompt.2.role": "assistant", "gen_ai.prompt.2.tool_calls.0.id": "c1",
+        "gen_ai.prompt.2.tool_calls.0.name": "get_order", "gen_ai.prompt.2.tool_calls.0.arguments": "{\"order_id\": \"W7\"}",
+        "gen_ai.prompt.3.role": "tool", "gen_ai.prompt.3.tool_call_id": "c1", "gen_ai.prompt.3.content": "shipped",
+        "gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.refusal": "I won't say more.",
+    }, span="1a2b3c4d5e6f7082", start="2026-03-04T09:30:05Z")
+    rows, skipped = _import(_write(tmp_path / "llmetry.jsonl", [second, first]))
+    assert skipped == [] and len(rows) == 1
+    row = rows[0]
+    assert essence(row["messages"]) == [
+        ("system", "Be brief.", [], None), ("user", "Where is W7?", [], None),
+        ("assistant", None, [("get_order", {"order_id": "W7"})], None), ("tool", "shipped", [], (2, 0)),
+        ("assistant", "I won't say more.", [], None)]
+    assert row["tools"] == [{"type": "function", "function": {
+        "name": "get_order", "description": "Look up", "parameters": {"type": "object", "properties": {"order_id": {}}}}}]
+    assert row["metadata"]["convention"] == "openllmetry" and row["metadata"]["provider"] == "openai"
+    assert row["id"] == f"otel-{TID}"
+
+
+def test_genai_message_events_and_evaluation_scores(tmp_path: Path) -> None:
+    events = [
+        {"name": "gen_ai.system.message", "attributes": {"content": "Be brief."}},
+        {"name": "gen_ai.user.message", "attributes": {"content": "Cancel W9"}},
+        {"name": "gen_ai.assistant.message", "attributes": {"tool_calls": json.dumps(
+            [{"id": "k1", "type": "function", "function": {"name": "cancel_order", "arguments": {"order_id": "W9"}}}])}},
+        {"name": "gen_ai.tool.message", "attributes": {"id": "k1", "content": "error: already shipped"}},
+        {"name": "gen_ai.choice", "attributes": {"index": 0, "finish_reason": "stop",
+                                                 "message": json.dumps({"content": "It has shipped."})}},
+        {"name": "gen_ai.evaluation.result", "attributes": {"gen_ai.evaluation.name": "task_completion",
+                                                            "gen_ai.evaluation.score.value": 0.75}},
+    ]
+    span = _span("chat gpt-4o", {"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+                                 "gen_ai.request.model": "gpt-4o", "session.id": "s-42"}, events=events)
+    rows, skipped = _import(_write(tmp_path / "events.jsonl", [span]))
+    assert skipped == []
+    (row,) = rows
+    assert essence(row["messages"]) == [
+        ("system", "Be brief.", [], None), ("user", "Cancel W9", [], None),
+        ("assistant", None, [("cancel_order", {"order_id": "W9"})], None),
+        ("tool", "error: already shipped", [], (2, 0)), ("assistant", "It has shipped.", [], None)]
+    assert row["expert_scores"] == {"task_completion": 0.75}
+    assert row["metadata"]["convention"] == "genai-events" and row["metadata"]["session_id"] == "s-42"
+    assert row["id"] == "otel-session-s-42"
+    events[-1]["attributes"]["gen_ai.evaluation.score.value"] = 7
+    rows, skipped = _import(_write(tmp_path / "events.jsonl", [span]))
+    assert rows == [] and "evaluation 'task_completion' scored 7, not a number in [0, 1]" in skipped[0].reason
+
+
+def test_a_session_joins_its_traces(traces: dict[str, Path], tmp_path: Path) -> None:
+    spans = [json.loads(line) for line in (traces["openinference-openai"] / "spans.jsonl").read_text().splitlines()]
+    two_turns = {s["context"]["trace_id"] for s in spans if s["name"] == "conversation two_turns"}
+    llm = sorted([s for s in spans if s["context"]["trace_id"] in two_turns and s["name"] == "ChatCompletion"],
+                 key=lambda s: s["start_time"])
+    # The two user turns as two traces of one session, the later one first in the file.
+    for k, s in enumerate(llm):
+        s["context"]["trace_id"] = "0x" + ("a" if k < 2 else "b") * 32
+        s["attributes"]["session.id"] = "chat-17"
+    rows, skipped = _import(_write(tmp_path / "session.jsonl", llm[2:] + llm[:2]))
+    assert skipped == [] and [r["id"] for r in rows] == ["otel-session-chat-17"]
+    assert rows[0]["metadata"]["trace_ids"] == ["a" * 32, "b" * 32]
+    truth = json.loads((traces["openinference-openai"] / "conversations.json").read_text())["two_turns"]
+    assert essence(rows[0]["messages"]) == essence(truth["messages"])
+
+
+def _phoenix_rows(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spans as Phoenix's span dataframe: context columns, span_kind, and one ``attributes.*``
+    column per top-level attribute path, message lists nested as Phoenix stores them."""
+    from pytest_bclone.dataset.otel.calls import unflatten
+
+    out = []
+    for s in spans:
+        attrs = s["attributes"]
+        row: dict[str, Any] = {"name": s["name"], "span_kind": attrs.get("openinference.span.kind", "UNKNOWN"),
+                               "context.trace_id": s["context"]["trace_id"][2:],
+                               "context.span_id": s["context"]["span_id"][2:], "parent_id": s["parent_id"],
+                               "start_time": s["start_time"], "end_time": s["end_time"]}
+        for group in ("llm.input_messages", "llm.output_messages"):
+            value = unflatten(attrs, group)
+            if value is not None:
+                # Phoenix keys a message's fields "message.role", "message.tool_calls" (a list)...
+                msgs = []
+                for m in value:
+                    msg = {f"message.{k}": v for k, v in m["message"].items() if k != "tool_calls"}
+                    calls = m["message"].get("tool_calls")
+                    if calls:
+                        calls = calls if isinstance(calls, list) else [calls[k] for k in sorted(calls, key=int)]
+                        msg["message.tool_calls"] = [
+                            {"tool_call.id": c["tool_call"].get("id"),
+                             "tool_call.function.name": c["tool_call"]["function"]["name"],
+                             "tool_call.function.arguments": c["tool_call"]["function"]["arguments"]} for c in calls]
+                    msgs.append(msg)
+                row[f"attributes.{group}"] = msgs
+        for key, value in attrs.items():
+            if not key.startswith(("llm.input_messages.", "llm.output_messages.")):
+                row[f"attributes.{key}"] = value
+        out.append(row)
+    columns = sorted({k for row in out for k in row})  # a dataframe: every row has every column
+    return [{k: row.get(k) for k in columns} for row in out]
+
+
+def test_phoenix_span_dataframe_as_jsonl_and_parquet(traces: dict[str, Path], tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = traces["openinference-agents"] / "spans.jsonl"
+    want, _ = _import(source)
+    spans = [json.loads(line) for line in source.read_text().splitlines()]
+    frame = _phoenix_rows(spans)
+    as_jsonl = _write(tmp_path / "phoenix.jsonl", frame)
+    pq.write_table(pa.Table.from_pylist(frame), tmp_path / "phoenix.parquet")
+    for path in (as_jsonl, tmp_path / "phoenix.parquet"):
+        rows, skipped = _import(path)
+        assert skipped == [], path
+        assert {r["id"]: (essence(r["messages"]), r["tools"]) for r in rows} == \
+            {r["id"]: (essence(r["messages"]), r["tools"]) for r in want}, path
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_bad_inputs_name_the_file_line_and_fix(traces: dict[str, Path], tmp_path: Path) -> None:
+    from pytest_bclone.errors import ImportFormatError, RowError
+
+    good = (traces["openllmetry"] / "spans.jsonl").read_text().splitlines(keepends=True)
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes("".join(good[:2]).encode() + b'{"name": "caf\xe9"}\n')
+    with pytest.raises(ImportFormatError, match=r"latin1\.jsonl:3: not UTF-8 text \(byte 0xe9 at column 14\).*UTF-8"):
+        _import(latin)
+    binary = tmp_path / "dump.bin"
+    binary.write_bytes(b"\x00\x01\x02garbage")
+    with pytest.raises(ImportFormatError, match=r"dump\.bin:1: binary data .*is this the right file"):
+        _import(binary)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"messages": ["hi"]}), tmp_path / "rows.parquet")
+    with pytest.raises(ImportFormatError, match=r"rows\.parquet is a Parquet file without a trace id column"):
+        _import(tmp_path / "rows.parquet")
+    unknown = _write(tmp_path / "http.jsonl", [_span("GET /health", {"http.method": "GET", "http.status_code": 200})])
+    with pytest.raises(ImportFormatError) as err:
+        _import(unknown)
+    message = str(err.value)
+    assert message.startswith(f"{unknown}: none of its 1 spans is an LLM call of a known convention; tried ")
+    assert all(name in message for name in ("OpenInference", "traceAI", "OpenLLMetry", "GenAI"))
+    # A trace whose model never answered: skipped with the span and the fix, the rest imports.
+    no_answer = _span("ChatCompletion", {"openinference.span.kind": "LLM", "llm.input_messages.0.message.role": "user",
+                                         "llm.input_messages.0.message.content": "hello?"}, trace="f" * 32)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(good) + json.dumps(no_answer) + "\n" + "{not json\n")
+    rows, skipped = _import(mixed)
+    assert len(rows) == 4
+    assert [s.where for s in skipped] == ["trace " + "f" * 32, f"{mixed}:{len(good) + 2}"]
+    assert "recorded no output message; export spans with their output messages" in skipped[0].reason
+    assert "not valid JSON" in skipped[1].reason
+    with pytest.raises(RowError, match=r"mixed\.jsonl:\d+: span '1a2b3c4d5e6f7081', .*recorded no output message"):
+        _import(mixed, strict=True)
+
+
+def test_cli_imports_traces_and_reports_bad_ones(traces: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_bclone.cli import main
+    from pytest_bclone.dataset.store import DatasetStore
+
+    root = str(tmp_path / "store")
+    assert main(["dataset", "--root", root, "import", str(traces["otel-openai-v2"] / "console.txt"),
+                 "--name", "traces", "--version", "v1", "--cohort", "support"]) == 0
+    out = capsys.readouterr()
+    assert "trace " in out.out + out.err and "neither text nor tool calls" in out.out + out.err
+    assert len(DatasetStore(root).load("traces@v1").trajectories) == 3
+    binary = tmp_path / "trace.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert main(["dataset", "--root", root, "import", str(binary), "--format", "otel", "--name", "traces",
+                 "--version", "v2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bclone: error: ") and str(binary) in err and "Traceback" not in err
