@@ -1,11 +1,19 @@
 """Build the ``retail`` dataset versions v7 and v8 from seeded tasks: ``python -m example_suite.generate``.
 
-For each version: sample tasks with the version's intent mix (seed 7 or 8), let the scripted expert
+For each version: sample tasks with the version's intent mix, let the scripted expert
 serve each task against the retail environment while the scripted user plays the customer, keep
 the trajectory only when the expert reached the task's gold outcome (the rollout
 ``task_completion`` evaluator with the environment's end-state check: "filter training
 trajectories by TaskCompletion", as the brief says), tag cohorts, split train/eval by a stable
 hash of the id, and write the version with the real store.
+
+Task ``i`` is drawn from a seed that depends on ``i`` alone, so v7 and v8 draw the same task at
+index ``i`` whenever their intent mixes pick the same intent there (most of the time), and a
+trajectory's id names its task, never the version: ``retail-00012-3fa9c2`` is task 12, whose
+spec (customer, requests, phrasing flags) hashes to ``3fa9c2``. The same task is the same id in
+both versions (``bclone dataset diff retail@v7 retail@v8`` then shows what really changed: the
+toolset, the refund conversations, the mix shift), and an index whose intent changed is a
+different task under a different id.
 
 Everything is deterministic (fixed seeds, fixed ``created`` time, rows sorted by id), so running
 it again reproduces the committed Parquet files byte for byte; ``--check`` verifies exactly that
@@ -20,6 +28,7 @@ the builder of this example, replaces its own two version directories.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -27,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +56,9 @@ DATASET_ROOT = HERE / "bclone_datasets"
 NAME = "retail"
 CREATED = "2026-05-01T00:00:00+00:00"
 """The fixed creation time of both versions (byte-for-byte reproducible manifests)."""
-SEEDS = {"v7": 7, "v8": 8}
+SEED = 7
+"""The seed of every task draw (shared by the versions, so a task keeps its id across them)."""
+SEEDS = {"v7": SEED, "v8": SEED}
 COUNT = 2400
 """Tasks sampled per version (a few are dropped by the expert-success filter)."""
 MAX_TURNS = 40
@@ -56,9 +68,41 @@ SYSTEM_PROMPT = (HERE / "retail" / "policy.md").read_text(encoding="utf-8")
 
 
 def task_seed(version: str, index: int) -> int:
-    """A task's seed: stable, independent of how many tasks came before."""
-    digest = hashlib.sha256(f"{NAME}/{version}/{SEEDS[version]}/{index}".encode()).hexdigest()
+    """Task ``index``'s seed: stable, independent of how many tasks came before and of the version
+    (``version`` is accepted for callers of the old signature and ignored)."""
+    digest = hashlib.sha256(f"{NAME}/{SEED}/{index}".encode()).hexdigest()
     return int(digest[:12], 16)
+
+
+def task_key(task: Task) -> str:
+    """A short hash of a task's spec (customer, requests, flags; not its id): names the task."""
+    spec = dataclasses.asdict(task)
+    spec.pop("id")
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def trajectory_id(index: int, task: Task) -> str:
+    """``retail-00012-3fa9c2``: the task's index and spec hash, the same in every version."""
+    return f"{NAME}-{index:05d}-{task_key(task)}"
+
+
+@lru_cache(maxsize=2)
+def _sampler(db_seed: int) -> Sampler:
+    return Sampler(base_database(db_seed))
+
+
+def task_of_id(trajectory_id: str, db_seed: int = DB_SEED) -> Task | None:
+    """The task a generated trajectory id names, drawn again and checked against the id's spec hash;
+    None for an id this generator did not make."""
+    prefix, _, rest = trajectory_id.partition("-")
+    index, _, key = rest.partition("-")
+    if prefix != NAME or not index.isdigit() or not key:
+        return None
+    for version in VERSIONS:  # the task is drawn with a version's intent mix: find the one that gave it
+        task = sample_task(_sampler(db_seed), version, trajectory_id, task_seed(version, int(index)))
+        if task_key(task) == key:
+            return task
+    return None
 
 
 def split_of(trajectory_id: str) -> str:
@@ -132,8 +176,8 @@ def build_version(version: str, count: int = COUNT) -> tuple[list[Trajectory], d
     kept: list[Trajectory] = []
     dropped: dict[str, int] = {}
     for index in range(count):
-        task_id = f"{NAME}-{version}-{index:05d}"
-        task = sample_task(sampler, version, task_id, task_seed(version, index))
+        task = sample_task(sampler, version, "", task_seed(version, index))
+        task_id = task.id = trajectory_id(index, task)
         played = play(task, version)
         gold_actions, outputs = gold(task, base_database(DB_SEED), version)
         expected = ExpectedOutcome(tuple(gold_actions), tuple(outputs))
@@ -171,7 +215,7 @@ def build_version(version: str, count: int = COUNT) -> tuple[list[Trajectory], d
         ))
     lineage = {
         "generator": "example_suite.generate",
-        "seed": SEEDS[version],
+        "seed": SEED,
         "db_seed": DB_SEED,
         "tasks": count,
         "kept": len(kept),
