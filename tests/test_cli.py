@@ -308,3 +308,28 @@ def test_binary_input_through_the_console_script_has_no_traceback(tmp_path):
                           str(tmp_path / "ds")], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and res.stderr.startswith("bclone: error: ") and res.stderr.count("\n") == 1
     assert "Traceback" not in res.stderr and str(blob) in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt"),
+    [
+        (json.dumps(TEXT_LINE) + "\n", "openai-jsonl"),
+        (json.dumps({"resourceSpans": []}) + "\n", "otel"),
+        (('{\n    "name": "ChatCompletion",\n    "context": {\n        "trace_id": "0x5b8aa5a2d2c872e8321cf37308d69df2",\n'
+         '        "span_id": "0x051581bf3cb55c13"\n    }\n}\n'), "otel"),  # ConsoleSpanExporter's pretty JSON
+        (json.dumps({"context.trace_id": "abc", "attributes.llm.input_messages": []}) + "\n", "otel"),  # Phoenix
+        (json.dumps({"id": "o", "traceId": "t", "type": "GENERATION"}) + "\n", "langfuse"),
+        (json.dumps([{"task_id": 0, "reward": 1.0, "trial": 0, "info": {}, "traj": []}]), "tau-bench"),
+        (json.dumps({"info": {}, "tasks": [], "simulations": []}, indent=2), "tau-bench"),
+    ],
+    ids=["openai-jsonl", "otlp-json", "console-exporter", "phoenix-jsonl", "langfuse", "tau-bench-runs",
+         "tau2-results"],
+)
+def test_format_auto_sniffs_each_format(tmp_path, content, fmt):
+    from pytest_bclone.dataset.importers import sniff_format
+
+    path = tmp_path / "input"
+    path.write_text(content)
+    assert sniff_format(str(path)) == fmt
+    (tmp_path / "p.parquet").write_bytes(b"PAR1....")
+    assert sniff_format(str(tmp_path / "p.parquet")) == "otel"
