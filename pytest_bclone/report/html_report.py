@@ -280,13 +280,13 @@ def _status_class(verdict: Mapping[str, Any]) -> str:
 _W = 1160  # SVG user units; the SVG scales to the card's width
 _LABEL_W = 250
 _PLOT_X0, _PLOT_X1 = 262, 860
-_ROW_H = 46
-_TOP, _BOTTOM = 26, 46
+_ROW_H = 70
+_TOP, _BOTTOM = 26, 30
 
 
-def _nice_step(span: float) -> float:
-    """A tick step from 1-2-2.5-5 x 10^k giving about 6 to 10 ticks over ``span``."""
-    raw = span / 8
+def _nice_step(span: float, ticks: int = 8) -> float:
+    """A tick step from 1-2-2.5-5 x 10^k giving about ``ticks`` to ``1.25 x ticks`` ticks over ``span``."""
+    raw = span / ticks
     power: float = 10.0 ** math.floor(math.log10(raw))
     for mult in (1, 2, 2.5, 5, 10):
         if raw <= mult * power:
@@ -303,7 +303,7 @@ def _tick_label(tick: float, step: float) -> str:
     return f"{value:+.{decimals}f}" if value > 0 else f"{value:.{decimals}f}"
 
 
-def _domain(verdicts: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]:
+def _domain(verdicts: Sequence[Mapping[str, Any]], ticks: int = 8) -> tuple[float, float, float]:
     values = [0.0]
     for v in verdicts:
         for key in ("ci_low", "ci_high", "diff"):
@@ -316,17 +316,18 @@ def _domain(verdicts: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]
     lo, hi = min(values), max(values)
     pad = max((hi - lo) * 0.08, 0.5)
     lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo)
+    step = _nice_step(hi - lo, ticks)
     return math.floor(lo / step) * step, math.ceil(hi / step) * step, step
 
 
 def _chart_svg(summary: Mapping[str, Any]) -> str:
+    """One row per verdict, each on its own scale.
+
+    A shared axis would let one cohort 60 points down shrink every 1-3 point margin to a few
+    pixels; so each row spans its own interval, difference, margin and zero, with its own ticks,
+    and the numbers are printed beside it. Rows are not compared by length, only each against
+    its own margin."""
     verdicts = rows(summary, "verdicts")
-    lo, hi, step = _domain(verdicts)
-
-    def x(value: float) -> float:
-        return _PLOT_X0 + (value - lo) / (hi - lo) * (_PLOT_X1 - _PLOT_X0)
-
     height = _TOP + _ROW_H * len(verdicts) + _BOTTOM
     plot_bottom = _TOP + _ROW_H * len(verdicts)
     level = confidence_label(summary) or "confidence"
@@ -336,21 +337,18 @@ def _chart_svg(summary: Mapping[str, Any]) -> str:
         'font-family="system-ui,-apple-system,Segoe UI,Roboto,Arial,sans-serif">'),
         (f'<text x="{_PLOT_X1 + 16}" y="16" font-size="12" fill="#59636e">verdict · diff [{e(level)} CI] · margin'
         "</text>"),
+        (f'<text x="{_PLOT_X0}" y="16" font-size="12" fill="#59636e">clone − expert, points · each row on its own '
+         "scale</text>"),
     ]
-    # Grid and ticks first, so rows draw over them.
-    tick = lo
-    while tick <= hi + step / 2:
-        tx = x(tick)
-        out.append(f'<line x1="{tx:.1f}" y1="{_TOP - 4}" x2="{tx:.1f}" y2="{plot_bottom}" stroke="#eef1f4"/>')
-        label = _tick_label(tick, step)
-        out.append(f'<text x="{tx:.1f}" y="{plot_bottom + 16}" font-size="11.5" fill="#59636e" '
-                   f'text-anchor="middle">{e(label)}</text>')
-        tick += step
-    out.append(f'<text x="{(_PLOT_X0 + _PLOT_X1) / 2:.0f}" y="{plot_bottom + 36}" font-size="12" fill="#59636e" '
-               'text-anchor="middle">clone − expert, points (right of the dashed margin line passes)</text>')
     for i, v in enumerate(verdicts):
         top = _TOP + i * _ROW_H
-        mid = top + _ROW_H / 2
+        mid = top + 24
+        axis_y = top + _ROW_H - 22
+        lo, hi, step = _domain([v], ticks=5)
+
+        def x(value: float, lo: float = lo, hi: float = hi) -> float:
+            return _PLOT_X0 + (value - lo) / (hi - lo) * (_PLOT_X1 - _PLOT_X0)
+
         color = STATUS_COLORS.get(text(v.get("status")), _UNKNOWN_COLOR)
         if i % 2 == 0:
             out.append(f'<rect x="0" y="{top}" width="{_W}" height="{_ROW_H}" fill="#f6f8fa"/>')
@@ -359,13 +357,25 @@ def _chart_svg(summary: Mapping[str, Any]) -> str:
         mode = text(v.get("mode"))
         out.append(f'<text x="8" y="{mid + 13:.1f}" font-size="12" fill="#59636e">'
                    f"{e(_clip(text(v.get('metric')) + (f' · {mode}' if mode else ''), 36))}</text>")
+        # This row's axis: ticks and labels under its band.
+        out.append(f'<line x1="{_PLOT_X0}" y1="{axis_y}" x2="{_PLOT_X1}" y2="{axis_y}" stroke="#d1d9e0"/>')
+        tick = lo
+        while tick <= hi + step / 2:
+            tx = x(tick)
+            out.append(f'<line x1="{tx:.1f}" y1="{top + 6}" x2="{tx:.1f}" y2="{axis_y + 3}" stroke="#eef1f4"/>')
+            out.append(f'<text x="{tx:.1f}" y="{axis_y + 14}" font-size="10.5" fill="#59636e" '
+                       f'text-anchor="middle">{e(_tick_label(tick, step))}</text>')
+            tick += step
+        zx = x(0.0)
+        out.append(f'<line x1="{zx:.1f}" y1="{top + 6}" x2="{zx:.1f}" y2="{axis_y}" stroke="#1f2328" '
+                   'stroke-width="1.2"/>')
         within = number(v.get("within"))
         if within is not None:
             mx = x(-within)
             # The zone left of the margin is where the clone is worse than allowed.
-            out.append(f'<rect x="{_PLOT_X0}" y="{top + 5}" width="{max(mx - _PLOT_X0, 0):.1f}" '
-                       f'height="{_ROW_H - 10}" fill="#cf222e" fill-opacity="0.05"/>')
-            out.append(f'<line x1="{mx:.1f}" y1="{top + 3}" x2="{mx:.1f}" y2="{top + _ROW_H - 3}" stroke="#cf222e" '
+            out.append(f'<rect x="{_PLOT_X0}" y="{top + 6}" width="{max(mx - _PLOT_X0, 0):.1f}" '
+                       f'height="{axis_y - top - 6}" fill="#cf222e" fill-opacity="0.06"/>')
+            out.append(f'<line x1="{mx:.1f}" y1="{top + 4}" x2="{mx:.1f}" y2="{axis_y}" stroke="#cf222e" '
                        'stroke-width="1.6" stroke-dasharray="4 3"/>')
         diff, c_lo, c_hi = number(v.get("diff")), number(v.get("ci_low")), number(v.get("ci_high"))
         if c_lo is not None and c_hi is not None:
@@ -389,11 +399,8 @@ def _chart_svg(summary: Mapping[str, Any]) -> str:
         out.append(f'<text x="{_PLOT_X1 + 16}" y="{mid + 13:.1f}" font-size="12" fill="#1f2328">'
                    + (f"{e(fmt_points(diff))} {e(fmt_interval(c_lo, c_hi))}" if diff is not None else "no data")
                    + f" · margin {e(fmt_margin(within))}</text>")
-    zx = x(0.0)
-    out.append(f'<line x1="{zx:.1f}" y1="{_TOP - 8}" x2="{zx:.1f}" y2="{plot_bottom}" stroke="#1f2328" '
-               'stroke-width="1.2"/>')
-    out.append(f'<text x="{zx:.1f}" y="{_TOP - 12}" font-size="11" fill="#1f2328" text-anchor="middle">0</text>')
-    out.append(f'<line x1="{_PLOT_X0}" y1="{plot_bottom}" x2="{_PLOT_X1}" y2="{plot_bottom}" stroke="#d1d9e0"/>')
+    out.append(f'<text x="{(_PLOT_X0 + _PLOT_X1) / 2:.0f}" y="{plot_bottom + 20}" font-size="12" fill="#59636e" '
+               'text-anchor="middle">clone − expert, points (right of the dashed margin line passes)</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -412,7 +419,7 @@ def _chart_card(summary: Mapping[str, Any]) -> str:
         f'<span><i style="width:26px;height:3px;background:{STATUS_COLORS["pass"]}"></i>pass</span>'
         f'<span><i style="width:26px;height:3px;background:{STATUS_COLORS["fail"]}"></i>fail</span>'
         f'<span><i style="width:26px;height:3px;background:{STATUS_COLORS["inconclusive"]}"></i>inconclusive</span>'
-        f"<span>● difference, bar = {e(level)} paired-bootstrap interval</span>"
+        f"<span>● difference, bar = {e(level)} interval (each row on its own scale)</span>"
         '<span><i style="width:0;height:14px;border-left:2px dashed #cf222e"></i>margin (−within); the shaded '
         "zone is worse than allowed</span>"
         '<span><i style="width:0;height:14px;border-left:2px solid #1f2328"></i>no difference</span>'
