@@ -30,7 +30,7 @@ from pytest_bclone.evaluators import (
 )
 from pytest_bclone.records import Action, ExpectedOutcome, Score, ToolCall, Trajectory
 
-from .evaluators_support import TOOLS, act, call, say, traj
+from .evaluators_support import act, call, say, traj
 
 STEP_METRICS = ["tool_selection", "tool_arguments", "action_match", "safety_refusal", "dead_tool"]
 TRAJ_METRICS = ["trajectory_score", "task_completion"]
@@ -99,11 +99,28 @@ def actions(draw: st.DrawFn) -> Action:
     return Action(tuple(calls), text or None)
 
 
+def retyped(value: Any) -> Any:
+    """An equal-looking value of another JSON type: 1 <-> true <-> 1.0, 0 <-> false, 5 <-> 5.0, 'W1' -> ' w1'."""
+    if value is True or value is False:
+        return int(value)
+    if type(value) is int:
+        return bool(value) if value in (0, 1) else float(value)
+    if type(value) is float:
+        return int(value) if value.is_integer() else value
+    if type(value) is str:
+        return f" {value.lower()}"
+    if type(value) is list:
+        return [retyped(v) for v in value]
+    if type(value) is dict:
+        return {k: retyped(v) for k, v in value.items()}
+    return value
+
+
 @st.composite
 def variant(draw: st.DrawFn, expert: Action) -> Action:
     """An agent action: often a perturbation of the expert's, so matches and near matches are common."""
-    how = draw(st.sampled_from(["same", "copy", "reorder", "drop", "extra", "argchange", "argdrop", "name", "text",
-                                "fresh"]))
+    how = draw(st.sampled_from(["same", "copy", "reorder", "drop", "extra", "argchange", "argdrop", "retype",
+                                "name", "text", "fresh"]))
     calls = list(expert.tool_calls)
     if how == "same":
         return expert  # the very object (as the recorded expert agent may answer)
@@ -121,6 +138,9 @@ def variant(draw: st.DrawFn, expert: Action) -> Action:
         args = dict(calls[0].arguments)
         args[draw(st.sampled_from(KEYS))] = draw(json_values)
         return Action((ToolCall.parse(calls[0].name, json.dumps(args)), *calls[1:]), expert.text)
+    if how == "retype" and calls:  # values equal under Python == but not always as JSON (true vs 1)
+        return Action(tuple(ToolCall.parse(c.name, {k: retyped(v) for k, v in c.arguments.items()})
+                            if c.arguments is not None else c for c in calls), expert.text)
     if how == "argdrop" and calls:  # a missing argument (or none at all)
         args = dict(calls[0].arguments or {})
         if args and draw(st.booleans()):
@@ -182,6 +202,27 @@ def test_columns_equal_the_general_path_bit_for_bit(data: tuple[list[Trajectory]
     columns = score_steps_columns(registry, STEP_METRICS, recorded)
     for metric in STEP_METRICS:
         assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], metric
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(NAMES), arg_dicts, st.data())
+def test_single_calls_with_lookalike_values_score_alike(name: str, args: dict[str, Any], data: st.DataObject) -> None:
+    # The single-call fast path compares raw arguments by == where that is safe; values that are
+    # equal in Python but not as JSON (true vs 1, 0 vs false) must still be told apart.
+    t = traj("hi", act(ToolCall.parse(name, json.dumps(args))), id="single")
+    p = t.decision_points()[0]
+    how = data.draw(st.sampled_from(["retype", "copy", "dict"]))
+    sent = {k: retyped(v) for k, v in args.items()} if how == "retype" else dict(args)
+    agent = Action((ToolCall.parse(name, sent if how != "copy" else json.dumps(sent)),))
+    for registry in REGISTRIES:
+        general = score_steps(registry, STEP_METRICS, [(p, agent)])
+        columns = score_steps_columns(registry, STEP_METRICS, [(p, agent)])
+        for metric in STEP_METRICS:
+            assert bits(float(columns.values[metric][0])) == bits(general[metric][0].value), (metric, args, sent)
+        groups = group_by_trajectory([(p, agent)])
+        general_t = score_trajectories(registry, ["trajectory_score"], groups)["trajectory_score"][0]
+        assert bits(float(score_trajectories_columns(registry, ["trajectory_score"], groups).values[
+            "trajectory_score"][0])) == bits(general_t.value)
 
 
 def test_reasons_on_demand_are_the_general_scores() -> None:

@@ -46,10 +46,34 @@ __all__ = ["StepColumns", "TrajectoryColumns", "score_steps_columns", "score_tra
 Pair = tuple[DecisionPoint, "Action | None"]
 
 # The compiled expert side of one decision point:
-# (kind, first call name, its canonical arguments, its raw argument dict, all names, all canonical
-#  arguments, the action). kind: 0 = text only, 1 = one call with parseable arguments, 2 = other.
-_Compiled = tuple[int, str, "NormArgs | None", Any, tuple[str, ...], tuple["NormArgs | None", ...], Action]
+# (kind, first call name, its canonical arguments, its raw argument dict (kind 2: every call's),
+#  all names, all canonical arguments, the action, whether the raw argument values are all plain (_plain),
+#  whether every call's arguments parse). kind: 0 = text only, 1 = one call with parseable
+#  arguments, 2 = other.
+_Compiled = tuple[int, str, "NormArgs | None", Any, tuple[str, ...], tuple["NormArgs | None", ...], Action, bool,
+                  bool]
 _EXPERT_KEY = "bclone.columns.expert"
+
+
+def _plain(value: Any) -> bool:
+    """Whether any JSON value equal to ``value`` (Python ``==``) has the same canonical form.
+
+    True for strings, ``None``, numbers other than 0 and 1, and lists and objects of such values: a
+    JSON value equal to one of them is of the same kind (a number equal to 5 is 5 or 5.0, which
+    :func:`~.normalize.canon` treats alike). Not for booleans, 0 or 1, where ``True == 1`` would
+    let an agent's ``true`` pass for the expert's ``1``. The fast path compares raw argument dicts
+    by ``==`` when every expert value is plain, and normalises otherwise.
+    """
+    t = type(value)
+    if t is str or value is None:
+        return True
+    if t is int or t is float:
+        return bool(value != 0 and value != 1)
+    if t is list:
+        return all(_plain(v) for v in value)
+    if t is dict:
+        return all(_plain(v) for v in value.values())
+    return False
 
 
 def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tuple[int, ...]]:
@@ -65,11 +89,15 @@ def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tu
         norms = tuple(normalize_args(c, tools) for c in calls)
         names = tuple(c.name for c in calls)
         if not calls:
-            out.append((0, "", None, None, names, norms, action))
-        elif len(calls) == 1 and norms[0] is not None:
-            out.append((1, names[0], norms[0], calls[0].arguments, names, norms, action))
+            out.append((0, "", None, None, names, norms, action, False, True))
+            continue
+        strings = tuple(c.arguments is not None and all(_plain(v) for v in c.arguments.values()) for c in calls)
+        parseable = None not in norms  # then the action matches itself exactly
+        if len(calls) == 1 and parseable:
+            out.append((1, names[0], norms[0], calls[0].arguments, names, norms, action, strings[0], True))
         else:
-            out.append((2, names[0], norms[0], calls[0].arguments, names, norms, action))
+            raws = tuple(c.arguments for c in calls)
+            out.append((2, names[0], norms[0], raws, names, norms, action, all(strings), parseable))
     indexes = trajectory._indexes or tuple(trajectory.assistant_indexes())
     compiled = (tools, tuple(out), indexes)
     memo[_EXPERT_KEY] = compiled
@@ -211,12 +239,13 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
         calls = action.tool_calls
         kind = ex[0]
         n = len(calls)
-        # tool_selection, tool_arguments, action_match
-        if kind == 1 and n == 1:
+        # tool_selection, tool_arguments, action_match (the cases of match_calls, most common first)
+        if n == 1 and kind == 1:
             call = calls[0]
             if call.name == ex[1]:
-                if call.arguments is ex[3]:  # the same parsed arguments (e.g. the recorded expert)
-                    value = 1.0
+                raw = call.arguments
+                if raw is ex[3] or (ex[7] and raw == ex[3]):
+                    value = 1.0  # the same arguments (see _plain for why raw equality suffices)
                 else:
                     value = arg_agreement(ex[2], normalize_args(call, tools))
                 sel_add(1.0)
@@ -226,21 +255,30 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
                 sel_add(0.0)
                 arg_add(0.0)
                 mat_add(0.0)
-        elif kind == 0 and n == 0:
+        elif n == 0 and kind == 0:
             sel_add(1.0)
             arg_add(1.0)
             if compare_text and normalize_text(ex[6].text) != normalize_text(action.text):
                 mat_add(0.0)
             else:
                 mat_add(1.0)
+        elif n == 0 or kind == 0:  # a text reply against tool calls: nothing matches
+            sel_add(0.0)
+            arg_add(0.0)
+            mat_add(0.0)
+        elif (action is ex[6] and ex[8]) or (
+                ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
+                                                  for c, e, r in zip(calls, ex[4], ex[3]))):
+            # the expert's own calls (the same action, or the same calls in the same order with
+            # equal plain arguments): every call pairs with its copy at full agreement
+            sel_add(1.0)
+            arg_add(1.0)
+            mat_add(1.0)
         else:
             m = match_calls(ex[4], ex[5], action.tool_names, tuple(normalize_args(c, tools) for c in calls))
             sel_add(m.selection)
             arg_add(m.arguments)
-            if not m.size:
-                mat_add(0.0 if compare_text and normalize_text(ex[6].text) != normalize_text(action.text) else 1.0)
-            else:
-                mat_add(1.0 if m.exact else 0.0)
+            mat_add(1.0 if m.exact else 0.0)
         # dead_tool
         if n == 0:
             dead_add(1.0)
@@ -384,17 +422,25 @@ def _fast_trajectory_score(group: Sequence[Pair]) -> float:
             continue
         ex = compiled[step]
         calls = action.tool_calls
-        if ex[0] == 1 and len(calls) == 1:
+        n = len(calls)
+        kind = ex[0]
+        if kind == 1 and n == 1:
             call = calls[0]
+            raw = call.arguments
             if call.name != ex[1]:
                 credits.append(0.0)
-            elif call.arguments is ex[3]:
+            elif raw is ex[3] or (ex[7] and raw == ex[3]):  # see _fast_steps
                 credits.append(1.0)
             else:
-                a_norm = normalize_args(call, tools)
-                # CallMatch.credit = sum of one agreement / 1
-                credits.append((0 + arg_agreement(ex[2], a_norm)) / 1)
-        elif ex[0] == 0 and not calls:
+                # CallMatch.credit of one pair: its agreement / 1
+                credits.append(arg_agreement(ex[2], normalize_args(call, tools)) / 1)
+        elif kind == 0 and n == 0:
+            credits.append(1.0)
+        elif kind == 0 or n == 0:
+            credits.append(0.0)
+        elif (action is ex[6] and ex[8]) or (
+                ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
+                                                  for c, e, r in zip(calls, ex[4], ex[3]))):
             credits.append(1.0)
         else:
             credits.append(match_calls(ex[4], ex[5], action.tool_names,

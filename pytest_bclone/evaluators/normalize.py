@@ -406,6 +406,17 @@ def match_calls(
         if expert_names[0] == agent_names[0]:
             return CallMatch(((0, 0, arg_agreement(expert_args[0], agent_args[0])),), (), (), 1)
         return CallMatch((), (0,), (0,), 1)
+    if len(set(expert_names)) == ne and len(set(agent_names)) == na:
+        # each tool called at most once per side (the usual parallel calls): pair by name
+        where = {name: j for j, name in enumerate(agent_names)}
+        found = [(i, where[name]) for i, name in enumerate(expert_names) if name in where]
+        taken = {j for _, j in found}
+        return CallMatch(
+            tuple((i, j, arg_agreement(expert_args[i], agent_args[j])) for i, j in found),
+            tuple(i for i, name in enumerate(expert_names) if name not in where),
+            tuple(j for j in range(na) if j not in taken),
+            max(ne, na),
+        )
     groups: dict[str, tuple[list[int], list[int]]] = {}
     for i, name in enumerate(expert_names):
         groups.setdefault(name, ([], []))[0].append(i)
