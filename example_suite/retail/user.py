@@ -610,22 +610,17 @@ CLARIFY_RE = re.compile(r"\b(not sure I understood|tell me more about what you n
 
 
 @lru_cache(maxsize=2)
-def _sampler(seed: int) -> Sampler:
-    # The database is only read by the sampler and the scripted user: one copy serves every episode.
-    return Sampler(base_database(seed))
+def _database(seed: int) -> Database:
+    # Only read by the scripted user: one copy serves every episode.
+    return base_database(seed)
 
 
 def task_of(trajectory: Trajectory) -> Task | None:
-    """The task a generated trajectory (``retail-v8-00012``) was played from, drawn again from its
-    seed; None for a trajectory this generator did not make."""
-    from example_suite.generate import NAME, SEEDS, task_seed  # the generator imports this module
+    """The task a generated trajectory (``retail-00012-3fa9c2``) was played from, drawn again from
+    its seed and checked against the id's spec hash; None for a trajectory this generator did not make."""
+    from example_suite.generate import task_of_id  # the generator imports this module
 
-    prefix, _, rest = trajectory.id.partition("-")
-    version, _, index = rest.partition("-")
-    if prefix != NAME or version not in SEEDS or not index.isdigit():
-        return None
-    seed = int(trajectory.metadata.get("db_seed", DB_SEED))
-    return sample_task(_sampler(seed), version, trajectory.id, task_seed(version, int(index)))
+    return task_of_id(trajectory.id, int(trajectory.metadata.get("db_seed", DB_SEED)))
 
 
 class ScriptedCustomer:
@@ -643,8 +638,7 @@ class ScriptedCustomer:
     name = "scripted-customer"
 
     def __init__(self, trajectory: Trajectory, task: Task) -> None:
-        seed = int(trajectory.metadata.get("db_seed", DB_SEED))
-        self.user = ScriptedUser(task, _sampler(seed).db)
+        self.user = ScriptedUser(task, _database(int(trajectory.metadata.get("db_seed", DB_SEED))))
         opening = self.user.opening()
         recorded = next((m.get("content") for m in trajectory.messages if m.get("role") == "user"), None)
         if opening != recorded:
