@@ -224,3 +224,14 @@ def test_every_trial_of_a_task_lands_in_the_same_split(tmp_path: Path) -> None:
         splits.setdefault(r["metadata"]["task_id"], set()).add(r["split"])
     assert len(rows) == 90 and all(len(s) == 1 for s in splits.values())
     assert {s for v in splits.values() for s in v} == {"train", "eval"}
+
+
+@pytest.mark.parametrize("content", ["[]", '[{"id": 1}]', '{"results": []}'])
+def test_a_file_of_neither_shape_never_asks_for_tools_json(tmp_path: Path, content: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "runs.json"
+    path.write_text(content)
+    code = main(["dataset", "--root", str(tmp_path / "s"), "import", str(path), "--format", "tau-bench",
+                 "--name", "r", "--version", "v1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is neither recorded runs" in err and "tools.json" not in err

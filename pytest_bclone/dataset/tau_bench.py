@@ -131,7 +131,20 @@ def iter_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -
     if not os.path.isdir(path) and is_runs_file(path):
         yield from iter_run_rows(path, options, skipped)
         return
+    if os.path.isfile(path) and os.path.basename(path) != "tasks.json" and not _looks_like_tasks(path):
+        # Neither shape: say so, rather than ask for a tools.json the user never meant to give.
+        raise ImportFormatError(
+            f"{path} is neither recorded runs (tau-bench: a JSON list of {{task_id, trial, reward, info, traj}}; "
+            "tau2: a results file with \"simulations\") nor tau2 tasks (user_scenario, evaluation_criteria); give a "
+            "runs file, or a tau2 domain directory"
+        )
     yield from read_tau_tasks(path, cohorts=options.cohorts, split=options.split)
+
+
+def _looks_like_tasks(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    return b'"user_scenario"' in head or b'"evaluation_criteria"' in head
 
 
 def tool_to_openai(tool: Mapping[str, Any], source: str = "tools.json") -> dict[str, Any]:
