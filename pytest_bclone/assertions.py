@@ -1,9 +1,9 @@
 """``assert_parity`` and ``assert_no_regression``: the gate's assertions, usable in any test while
 the plugin is active.
 
-They turn a :class:`~pytest_bclone.parity.Verdict` into a test outcome following the brief's
-release table: ``on_fail="block"`` fails the test, ``"route"`` routes the cohort to the expert and
-reports the test as xfail, ``"warn"`` only reports. The failure message is built explicitly:
+They turn a :class:`~pytest_bclone.parity.Verdict` into a test outcome following the user's
+release policy (:mod:`pytest_bclone.policy`): ``on_fail="block"`` fails the test, ``"route"``
+routes the cohort to the expert and reports the test as xfail, ``"warn"`` only reports. The failure message is built explicitly:
 cohort, metric, n, expert, clone, difference, interval, margin and the three worst divergences.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .config import MODES, ON_FAIL
+from .config import MODES
 from .errors import BcloneError, BcloneWarning, GateError
 
 if TYPE_CHECKING:
@@ -50,26 +50,37 @@ def assert_parity(
     metric: str | None = None,
     *,
     confidence: float | None = None,
-    on_fail: str = "block",
+    on_fail: str | None = None,
+    remedy: str | None = None,
     mode: str | None = None,
     allow_inconclusive: bool = False,
 ) -> Verdict:
     """Assert the clone is no worse than the expert on ``cohort`` by more than ``within`` points.
 
     Parity is paired (the same items, clone minus expert) and decided on the confidence interval
-    of the difference, not the point estimate: it holds when the interval's lower bound is at
-    least ``-within``. ``within=0`` on a binary metric means zero regression. A cohort too small to
-    resolve its margin, or with too many failed model calls, is inconclusive, which fails unless
-    ``allow_inconclusive``. ``metric`` defaults to the cohort's entry in ini
-    ``bclone_cohort_metrics``; ``confidence`` to ``--bclone-confidence``; ``mode`` (``step`` or
-    ``rollout``) to ``--bclone-mode``. Returns the verdict (also when it passes).
+    of the difference, not the point estimate (see :func:`pytest_bclone.parity.parity_verdict`).
+    ``within=0`` on a binary metric means zero regression. An inconclusive verdict fails unless
+    ``allow_inconclusive`` (then it warns, and the cohort stays on the expert). ``metric`` defaults
+    to the cohort's entry in ini ``bclone_cohort_metrics``; ``confidence`` to
+    ``--bclone-confidence``; ``mode`` (``step`` or ``rollout``) to ``--bclone-mode``.
+
+    The release policy: ``on_fail`` (``block`` fails the test and blocks the release, ``route``
+    keeps the cohort on the expert and reports xfail, ``warn`` only reports) and ``remedy`` (the
+    next step printed when the cohort fails) default to the cohort's line in ini
+    ``bclone_policy``, then to ``block`` and advice by metric.
+
+    Works anywhere while the plugin is active: a test body, a fixture's setup or teardown, a helper.
+    The verdict is recorded on the session (and shipped to the controller under xdist) whatever
+    the test does next. Returns the verdict (also when it passes).
     """
     __tracebackhide__ = True
     import pytest
 
+    from .policy import ON_FAIL, resolve
+
     try:
         session, current_item = _active()
-        if on_fail not in ON_FAIL:
+        if on_fail is not None and on_fail not in ON_FAIL:
             raise GateError(f"on_fail={on_fail!r} is not one of {', '.join(ON_FAIL)}; use 'block' (fail the test), "
                             "'route' (send the cohort to the expert, xfail) or 'warn' (report only)")
         if mode is not None and mode not in MODES:
@@ -77,6 +88,7 @@ def assert_parity(
         if not isinstance(within, (int, float)) or within < 0:
             raise GateError(f"within={within!r} must be a number of points >= 0 (e.g. within=3 for 3 points)")
         session.check_cohort(cohort, f"assert_parity(cohort={cohort!r})")
+        on_fail, remedy = resolve(session.cfg.policy, cohort, on_fail, remedy)
         metric = metric or session.default_metric(cohort)
         mode = mode or session.cfg.mode
         verdict = session.parity(cohort, float(within), metric, mode, confidence)
@@ -85,12 +97,16 @@ def assert_parity(
         pytest.fail(f"bclone: {exc}", pytrace=False)
     item = current_item()
     rec = session.record(verdict, mode=mode, on_fail=on_fail, test=item.nodeid if item is not None else "",
-                         worst=worst, allow_inconclusive=allow_inconclusive)
+                         worst=worst, allow_inconclusive=allow_inconclusive, remedy=remedy)
     if item is not None:
+        import json
+
         from .report.junit import junit_properties
 
         item.user_properties.extend(junit_properties(rec.to_dict()))
-        item.user_properties.append(("bclone_record", rec.to_dict()))
+        # The record also rides on the test report (JSON), so a verdict reaches the controller even
+        # when its xdist worker dies before shipping its output.
+        item.user_properties.append(("bclone_record", json.dumps(rec.to_dict(), default=str)))
     if verdict.passed:
         return verdict
     message = failure_message(verdict, worst, on_fail)

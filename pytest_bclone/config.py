@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .policy import CohortPolicy, parse_policy
 from .redact import redact_text
 
 CACHE_MODES = ("none", "new_episodes", "all", "off")
@@ -210,6 +211,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("holm", "Holm-correct the parity tests across the cohorts of a run", False, flag=True),
     Option("cohort_metrics", "default metric per cohort for assert_parity: COHORT=METRIC lines (ini only)", {},
            _cohort_metrics, multiple=True),
+    Option("policy", "release policy per cohort: COHORT = ON_FAIL | REMEDY lines (on_fail block, route or warn; "
+           "the remedy is printed as the cohort's next step when it fails); an assertion's own on_fail=/remedy= "
+           "win (ini only)", {}, parse_policy, multiple=True),
     # reports
     Option("report_json", "write the full report as JSON", None, metavar="PATH"),
     Option("report_md", "write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set)", None,
@@ -225,7 +229,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH"),
 )
 
-_INI_ONLY = {"clone_params", "expert_params", "user_params", "cohort_metrics", "state_changing_tools", "read_only_tools"}
+_INI_ONLY = {"clone_params", "expert_params", "user_params", "cohort_metrics", "policy", "state_changing_tools", "read_only_tools"}
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,7 @@ class BcloneConfig:
     max_error_rate: float = 0.0
     holm: bool = False
     cohort_metrics: Mapping[str, str] = field(default_factory=dict)
+    policy: Mapping[str, CohortPolicy] = field(default_factory=dict)
     report_json: str | None = None
     report_md: str | None = None
     report_html: str | None = None

@@ -91,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
             make_environment_hook=lambda t: hook.pytest_bclone_make_environment(trajectory=t),
             register_evaluators=lambda registry: hook.pytest_bclone_register_evaluators(registry=registry),
             progress=config.option.verbose >= 0 and not _is_worker(config),
+            process=str(config.workerinput["workerid"]) if _is_worker(config) else "main",  # type: ignore[attr-defined]
         )
     except BcloneError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -191,8 +192,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             cohorts.clear()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The gate tests of the run (after deselection): each must end with a verdict or pass, or its
+    # cohort is MISSING and the gate blocks. Every xdist worker collects them all and ships them.
+    bsession = session.config.stash.get(SESSION_KEY, None)
+    if bsession is None:
+        return
+    from .gate import GateTest
+
+    for item in session.items:
+        marker = item.get_closest_marker("bclone")
+        if marker is not None:
+            cohort = marker.kwargs.get("cohort")
+            bsession.gate_tests[item.nodeid] = GateTest(item.nodeid, cohort if isinstance(cohort, str) else None)
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    # The current item through setup, call and teardown: a verdict asserted in a fixture is
+    # attributed to the test whose setup or teardown ran it.
     current = item.config.stash.get(CURRENT_KEY, None)
     if current is None:
         return (yield)
@@ -238,23 +256,42 @@ def bclone_case(request: pytest.FixtureRequest) -> Any:
 
 
 # -- controller: collect verdicts, merge workers, decide, report ----------------------------------------
+_OUTCOME_RANK = {"passed": 0, "xfailed": 1, "skipped": 2, "failed": 3, "error": 4, "crashed": 5}
+
+
+def _outcome(report: pytest.TestReport) -> str | None:
+    """How one phase's report ends its test, for the gate (None: says nothing yet)."""
+    if report.when not in ("setup", "call", "teardown"):  # xdist's report for a crashed worker
+        return "crashed" if report.failed else None
+    if report.skipped:
+        return "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    if report.failed:
+        return "failed" if report.when == "call" else "error"
+    return "passed" if report.when == "call" else None
+
+
 class _Controller:
-    """Registered on the controller only: gathers verdict records from test reports (they arrive
-    from xdist workers too) and the workers' replay records."""
+    """Registered on the controller only. The verdict channel's end: verdicts recorded on this
+    process's session, verdicts riding on test reports (from xdist workers too, so a worker that
+    dies still delivered the verdicts of its finished tests) and the workers' exported sessions,
+    merged once per verdict; and how every test ended, so a gate test without a verdict blocks."""
 
     def __init__(self, config: pytest.Config, session: BcloneSession) -> None:
         self.config = config
         self.session = session
-        self.from_reports: list[dict[str, Any]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Every phase's report carries the item's user_properties; the teardown report comes last
-        # and holds them all (a verdict recorded in a fixture's teardown included), so read only it.
-        if report.when != "teardown":
-            return
-        for name, value in report.user_properties:
-            if name == "bclone_record" and isinstance(value, dict):
-                self.from_reports.append(value)
+        import json
+
+        outcome = _outcome(report)
+        if outcome is not None:
+            old = self.session.outcomes.get(report.nodeid)
+            if old is None or _OUTCOME_RANK[outcome] > _OUTCOME_RANK[old]:
+                self.session.outcomes[report.nodeid] = outcome
+        records = [json.loads(value) for name, value in report.user_properties
+                   if name == "bclone_record" and isinstance(value, str)]
+        if records:
+            self.session.add_verdicts(records)
 
     @pytest.hookimpl(optionalhook=True)  # an xdist hook: absent under -p no:xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -266,7 +303,7 @@ class _Controller:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         from .reporting import finish
 
-        run = finish(self.session, self.from_reports, session, self.config)
+        run = finish(self.session, session, self.config)
         if run is not None:
             self.config.stash[SUMMARY_KEY] = run
 

@@ -7,7 +7,6 @@ into pytest: a report that cannot be written is printed as an error and fails th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,23 +26,16 @@ class FinishedRun:
     problems: list[str]
 
 
-def finish(bsession: BcloneSession, records: Sequence[dict[str, Any]], session: pytest.Session,
-           config: pytest.Config) -> FinishedRun | None:
-    """Build the summary from the verdict ``records`` every test report carried (local or from
-    xdist workers), write the artifacts, and set the exit status when the gate blocks.
+def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Config) -> FinishedRun | None:
+    """Decide over every verdict the run recorded (this process's, the test reports', the xdist
+    workers'), write the artifacts, and set the exit status when the gate blocks.
 
-    Returns None (no section, no files) when nothing was gated or replayed: a run that only
-    named a dataset gets no report it did not ask for."""
-    from .session import RecordedVerdict
-
-    if not records and not bsession.items:
+    Returns None (no section, no files) when nothing was gated, replayed or run: a run that only
+    named a dataset (or only collected) gets no report it did not ask for."""
+    if not bsession.verdicts and not bsession.store and not any(
+            t in bsession.outcomes for t in bsession.gate_tests) and "crashed" not in bsession.outcomes.values():
         return None
-
-    # The reports are the one channel that sees every verdict, with or without xdist.
-    # Sorted by test id: with xdist, reports arrive in whatever order the workers finish.
-    bsession.verdicts = sorted((RecordedVerdict.from_dict(r) for r in records),
-                               key=lambda v: (v.test, v.verdict["cohort"], v.verdict["metric"]))
-    summary = bsession.summary()
+    summary = bsession.summary(track_outcomes=True)
     cfg = bsession.cfg
     problems: list[str] = []
 

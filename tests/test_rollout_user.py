@@ -27,7 +27,9 @@ from pytest_bclone.agents.user import (
     UserTurn,
     ask_user,
     make_users,
+    user_block,
     user_instructions,
+    user_line,
     user_prompt,
 )
 from pytest_bclone.cache import ModelCache
@@ -264,6 +266,25 @@ def test_rollout_results_with_users_cross_the_xdist_channel_and_merge() -> None:
     assert len(merged.user_calls["clone"]) == len(merged.episodes["clone"]) == 3
 
 
+def test_the_report_block_names_the_user_mode_and_the_recorded_experts_outcome() -> None:
+    block = user_block("scripted-refund-customer", "recorded", DATASET)
+    assert block == {
+        "mode": "scripted-refund-customer", "recorded": False, "clone_episode": "simulated",
+        "expert_episode": "its recording", "expert_recorded_task_completion": 100.0, "expert_recorded_n": 3,
+        "expert_recorded_by_cohort": {"multi_turn_refunds": {"task_completion": 100.0, "n": 3}}, "calls": None,
+    }
+    assert user_line(block) == (
+        "rollout user: scripted-refund-customer (answers what the agent asks; clone episodes simulated; the "
+        "expert's episodes are its recordings); expert's recorded task_completion 100.0 over 3")
+    live = user_block("llm:openai/u", "openai/big", DATASET, {"items": 9, "cached": 9, "failed": 0, "cost_usd": 0.5})
+    assert live["expert_episode"] == "simulated (the same user)"
+    assert user_line(live) == ("rollout user: llm:openai/u (answers what the agent asks; clone episodes simulated; "
+                               "the live expert met the same user); user calls 9 (9 cached, 0 failed, $0.5000)")
+    assert user_line(user_block("recorded", "recorded", [])).startswith(
+        "rollout user: recorded (the recorded user turns, replayed whatever the agent says: a clone that asks in "
+        "another order gets answers to the expert's questions)")
+
+
 # --------------------------------------------------------------------------- the LLM user
 
 
@@ -402,3 +423,4 @@ def test_an_agent_writing_the_stop_token_does_not_end_the_conversation(server: O
 
     turn = asyncio.run(ask())
     assert turn == UserTurn("What do you mean?", False, turn.stats) and not turn.done
+

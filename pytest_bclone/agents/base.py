@@ -24,3 +24,13 @@ class Agent(Protocol):
     name: str
 
     async def act(self, state: State, *, repeat: int = 0) -> AgentReply: ...
+
+
+def needs_calls(agent: object) -> bool:
+    """Whether ``agent`` answers by making calls (a model, a function) rather than reading a recording.
+
+    An agent opts out with a class attribute ``needs_calls = False`` (the recorded expert does):
+    its actions then cost what the recording says, and rollouts replay its recording instead of
+    asking it turn by turn. Not part of :class:`Agent`, so agents written before it still match.
+    """
+    return bool(getattr(agent, "needs_calls", True))

@@ -15,7 +15,7 @@ from .litellm_agent import LitellmAgent, check_model
 from .python_agent import PYTHON_PREFIX, PythonAgent, load_python_spec
 from .recorded import RecordedAgent
 
-__all__ = ["AgentHook", "AgentSpec", "make_agent"]
+__all__ = ["AgentHook", "AgentSpec", "make_agent", "make_judge"]
 
 AgentSpec = str | Agent | Callable[..., Any] | None
 """A spec string, an agent object, or a callable ``fn(state)`` (passed directly from Python)."""
@@ -91,3 +91,12 @@ def make_agent(
         retry=retry if retry is not None else RetryPolicy.from_config(config),
         prices=config.price,
     )
+
+
+def make_judge(config: BcloneConfig) -> LitellmAgent | None:
+    """The judge of the LLM-judge evaluators (``--bclone-judge MODEL``), None when unset. Its calls go
+    through the same cache, retries and prices as the agents' calls."""
+    if not config.judge:
+        return None
+    return LitellmAgent(config.judge, cache=ModelCache.from_config(config), retry=RetryPolicy.from_config(config),
+                        prices=config.price)

@@ -18,6 +18,7 @@ class RecordedAgent:
     """
 
     name = "recorded"
+    needs_calls = False  # see agents.base.needs_calls: the actions come from the dataset
 
     def __init__(self, trajectories: Iterable[Trajectory]) -> None:
         self._trajectories: dict[str, Trajectory] = {t.id: t for t in trajectories}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECORDED", "STOP_TOKENS", "LlmUser", "LlmUsers", "RecordedUser", "RecordedUsers", "User", "UserFactory",
-    "UserHook", "UserTurn", "Users", "ask_user", "make_users", "user_instructions", "user_prompt",
+    "UserHook", "UserTurn", "Users", "ask_user", "make_users", "user_block", "user_instructions", "user_line",
+    "user_prompt",
 ]
 
 RECORDED = "recorded"
@@ -436,3 +437,62 @@ def _parameters(fn: Callable[..., Any]) -> list[str]:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return []
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def user_block(
+    user: str,
+    expert: str,
+    trajectories: Iterable[Trajectory],
+    calls: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report's ``rollouts.user`` block: what answered the agents, whose episodes met it, and
+    the recorded expert's own outcome (``expert_scores.task_completion``, in points) per cohort.
+
+    ``user`` is the rollout result's user description, ``expert`` the expert agent's name,
+    ``trajectories`` those driven in rollout mode, ``calls`` the user's call totals (an LLM user's
+    calls, cache hits, failures, cost) when it made any.
+    """
+    rows = list(trajectories)
+    recorded_expert = expert == "recorded"
+    per_cohort: dict[str, list[float]] = {}
+    for t in rows:
+        value = (t.expert_scores or {}).get("task_completion")
+        if isinstance(value, (int, float)):
+            for cohort in t.cohorts:
+                per_cohort.setdefault(cohort, []).append(float(value))
+    every = [float(v) for t in rows if isinstance(v := (t.expert_scores or {}).get("task_completion"), (int, float))]
+    return {
+        "mode": user,
+        "recorded": user == RECORDED,
+        "clone_episode": "replayed user turns" if user == RECORDED else "simulated",
+        "expert_episode": "its recording" if recorded_expert else (
+            "replayed user turns" if user == RECORDED else "simulated (the same user)"),
+        "expert_recorded_task_completion": (round(100 * sum(every) / len(every), 1) if every else None),
+        "expert_recorded_n": len(every),
+        "expert_recorded_by_cohort": {c: {"task_completion": round(100 * sum(v) / len(v), 1), "n": len(v)}
+                                      for c, v in sorted(per_cohort.items())},
+        "calls": dict(calls) if calls else None,
+    }
+
+
+def user_line(block: Mapping[str, Any]) -> str:
+    """One report line naming the user mode (terminal and Markdown share it)."""
+    mode = block.get("mode") or RECORDED
+    if block.get("recorded", mode == RECORDED):
+        head = (f"rollout user: {mode} (the recorded user turns, replayed whatever the agent says: a clone that "
+                "asks in another order gets answers to the expert's questions)")
+    else:
+        head = f"rollout user: {mode} (answers what the agent asks; clone episodes simulated"
+        head += ("; the expert's episodes are its recordings)" if block.get("expert_episode") == "its recording"
+                 else "; the live expert met the same user)")
+    if block.get("expert_episode") == "its recording" and block.get("expert_recorded_task_completion") is not None:
+        head += (f"; expert's recorded task_completion {block['expert_recorded_task_completion']:.1f} "
+                 f"over {block['expert_recorded_n']}")
+    calls = block.get("calls")
+    if calls and calls.get("items"):
+        head += (f"; user calls {calls['items']} ({calls.get('cached', 0)} cached, {calls.get('failed', 0)} failed, "
+                 f"${float(calls.get('cost_usd', 0.0)):.4f})")
+    return head

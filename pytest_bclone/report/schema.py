@@ -149,9 +149,11 @@ _NEXT_STEP = _object(
     {
         "cohort": _d("the failing or undecided cohort", {"type": "string"}),
         "metric": _d("its gating metric", {"type": "string"}),
-        "status": _d("its verdict", {"enum": ["pass", "fail", "inconclusive"]}),
-        "action": _d("the release table's remedy",
-                     {"enum": ["retrain", "route", "block", "inspect_tools", "sample_more", "collect_more"]}),
+        "status": _d("its verdict; missing: a gate test ended without one; failed: a gate test failed after it",
+                     {"enum": ["pass", "fail", "inconclusive", "missing", "failed"]}),
+        "action": _d("the kind of remedy (the text is the declared remedy, or advice by metric)",
+                     {"enum": ["retrain", "route", "block", "inspect_tools", "sample_more", "collect_more",
+                               "fix_test"]}),
         "text": _d("the next step in one sentence, printed under the gate line", {"type": "string"}),
     }
 )

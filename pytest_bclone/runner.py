@@ -1,0 +1,413 @@
+"""Replay and scoring orchestration: trajectories in, typed items in the results store out.
+
+The :class:`Runner` builds the clone, the expert and the evaluator registry once, replays what a
+parity check needs (lazily, once per (mode, trajectory); the cohorts the collected tests declare
+are replayed together so one replay serves the whole suite at full concurrency), scores the
+replies and stores one :class:`~pytest_bclone.results.Item` per decision point and per
+trajectory. LLM-judge metrics are scored on demand (:meth:`Runner.ensure_judged`).
+
+No pytest import: the plugin passes its hooks in as plain callables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .config import BcloneConfig
+from .errors import GateError
+from .records import Action, CallStats, DecisionPoint, Score, Trajectory
+from .results import ROLES, Item, ItemKey, ResultsStore, call_cost, token_cost
+
+if TYPE_CHECKING:
+    from .agents.base import Agent
+    from .dataset.store import DatasetVersion
+    from .evaluators import EvaluatorRegistry
+    from .progress import Progress
+
+__all__ = ["Runner"]
+
+# per role: per item key: per repeat, the metric -> Score of that repeat (None where the call failed)
+_PerRepeat = dict[str, dict[str, list[dict[str, Score] | None]]]
+
+
+class Runner:
+    """Replays and scores trajectories into ``store``.
+
+    ``make_agent_hook(role, spec)`` and ``make_environment_hook(trajectory)`` are the plugin's
+    firstresult hooks; ``register_evaluators(registry)`` feeds the user's evaluators in.
+    """
+
+    def __init__(
+        self,
+        cfg: BcloneConfig,
+        dataset: DatasetVersion,
+        store: ResultsStore,
+        *,
+        make_agent_hook: Callable[[str, str], Any] | None = None,
+        make_environment_hook: Callable[[Trajectory], Any] | None = None,
+        register_evaluators: Callable[[EvaluatorRegistry], None] | None = None,
+        progress: bool | Progress = True,
+    ) -> None:
+        self.cfg = cfg
+        self.dataset = dataset
+        self.store = store
+        self._make_agent_hook = make_agent_hook
+        self._make_environment_hook = make_environment_hook
+        self._register_evaluators = register_evaluators
+        self.progress = progress
+        self.eval_trajectories: list[Trajectory] = dataset.select(cfg.split, cfg.sample, cfg.seed)
+        self.by_id = {t.id: t for t in self.eval_trajectories}
+        # mode -> cohorts the collected tests declare (@pytest.mark.bclone(cohort=..., mode=...)).
+        self.declared_cohorts: dict[str, set[str]] = {"step": set(), "rollout": set()}
+        self.agent_names: dict[str, str] = {}
+        self.shift_threshold: float | None = None  # kept apart from the model: it crosses xdist
+        self.wall_s = 0.0
+        self.cache_counts: dict[str, int] = {"hits": 0, "misses": 0}
+        self._done: dict[str, set[str]] = {"step": set(), "rollout": set()}
+        self._agents: dict[str, Agent] | None = None
+        self._registry: EvaluatorRegistry | None = None
+        self._shift: Any = None
+
+    # -- agents and evaluators ---------------------------------------------------------------------
+    @property
+    def registry(self) -> EvaluatorRegistry:
+        """The evaluator registry (built-ins, the judge when ``--bclone-judge`` is set, the user's)."""
+        if self._registry is None:
+            from .agents.factory import make_judge
+            from .evaluators import StateChangePolicy, default_registry
+
+            policy = StateChangePolicy.with_overrides(state_changing=self.cfg.state_changing_tools,
+                                                      read_only=self.cfg.read_only_tools)
+            self._registry = default_registry(make_judge(self.cfg), policy=policy,
+                                              trajectory_match=self.cfg.trajectory_match)
+            if self._register_evaluators is not None:
+                self._register_evaluators(self._registry)
+        return self._registry
+
+    def agents(self) -> dict[str, Agent]:
+        """The clone and the expert, built once."""
+        if self._agents is None:
+            from .agents.factory import make_agent
+
+            if self.cfg.clone is None:
+                raise GateError(
+                    "no clone to gate: pass --bclone-clone=SPEC (a litellm model string such as "
+                    "openai/ft:gpt-4o-mini:acme:clone, python:module:callable, or a name your "
+                    "pytest_bclone_make_agent hook resolves), or set bclone_clone in your ini file"
+                )
+            all_rows = self.dataset.trajectories
+            self._agents = {
+                "clone": make_agent("clone", self.cfg.clone, self.cfg, all_rows, self._make_agent_hook),
+                "expert": make_agent("expert", self.cfg.expert, self.cfg, all_rows, self._make_agent_hook),
+            }
+            self.agent_names = {role: a.name for role, a in self._agents.items()}
+        return self._agents
+
+    def metric_level(self, metric: str, mode: str) -> str:
+        """The item level ``metric`` scores in ``mode`` (``step`` or ``trajectory``)."""
+        from .evaluators import level_of
+
+        level = level_of(self.registry.get(metric))  # raises EvaluatorError naming known metrics
+        if level == "judge":
+            if mode == "rollout":
+                raise GateError(
+                    f"metric {metric!r} is an LLM judge of single actions; gate it in step mode (mode='step')"
+                )
+            return "step"
+        if mode == "rollout" and level == "step":
+            raise GateError(
+                f"metric {metric!r} scores single steps, but the assertion runs in rollout mode; use a trajectory "
+                "metric (trajectory_score, task_completion, step_count) or mode='step'"
+            )
+        return str(level)
+
+    # -- replay and scoring ----------------------------------------------------------------------------
+    def ensure(self, cohort: str, mode: str) -> None:
+        """Replay and score every trajectory of ``cohort`` (and of the declared cohorts) in ``mode``."""
+        wanted = {cohort} | self.declared_cohorts[mode]
+        todo = [t for t in self.eval_trajectories
+                if t.id not in self._done[mode] and wanted.intersection(t.cohorts)]
+        if not todo:
+            return
+        start = time.monotonic()
+        if mode == "step":
+            self._run_steps(todo)
+        else:
+            self._run_rollouts(todo)
+        self._done[mode].update(t.id for t in todo)
+        self.wall_s += time.monotonic() - start
+        self._collect_cache_counts()
+
+    def _collect_cache_counts(self) -> None:
+        hits = misses = 0
+        seen: set[int] = set()
+        for agent in (self._agents or {}).values():
+            cache = getattr(agent, "cache", None)
+            stats = getattr(cache, "stats", None)
+            if stats is not None and id(cache) not in seen:
+                seen.add(id(cache))
+                hits += int(stats.hits)
+                misses += int(stats.misses)
+        self.cache_counts = {"hits": hits, "misses": misses}
+
+    def _metrics(self) -> tuple[list[str], list[str], list[str], dict[str, bool]]:
+        """(step metrics, step-mode trajectory metrics, rollout metrics, binary flag by metric)."""
+        from .evaluators import level_of
+
+        reg = self.registry
+        step, traj, roll, binary = [], [], [], {}
+        for name in reg.names():
+            ev = reg.get(name)
+            level = level_of(ev)
+            binary[name] = bool(getattr(ev, "binary", False))
+            modes = getattr(ev, "modes", ())
+            if level == "step":
+                step.append(name)
+            elif level == "trajectory":
+                if "step" in modes:
+                    traj.append(name)
+                if "rollout" in modes:
+                    roll.append(name)
+        return step, traj, roll, binary
+
+    def _run_steps(self, trajectories: list[Trajectory]) -> None:
+        from .evaluators import score_steps, score_trajectories
+        from .replay import run_replay
+
+        points = [p for t in trajectories for p in t.decision_points()]
+        result = run_replay(points, self.agents(), concurrency=self.cfg.concurrency, repeats=self.cfg.repeats,
+                            progress=self.progress)
+        step_metrics, traj_metrics, _, binary = self._metrics()
+        repeats = self.cfg.repeats
+        flags = self._ood_flags(points)
+        per_point: _PerRepeat = {r: {p.key: [] for p in points} for r in ROLES}
+        per_traj: _PerRepeat = {r: {t.id: [] for t in trajectories} for r in ROLES}
+        errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}
+        for role in ROLES:
+            for rep in range(repeats):
+                replies = [(p, result.reply(p.key, role, rep)) for p in points]
+                for p, reply in replies:
+                    if reply.failed:
+                        errors[role].setdefault(p.key, reply.stats.error or "failed")
+                        errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
+                ok = [(p, r.action) for p, r in replies if r.action is not None]
+                scored = score_steps(self.registry, step_metrics, ok)
+                by_key = {p.key: {m: scored[m][i] for m in step_metrics} for i, (p, _) in enumerate(ok)}
+                for p, _ in replies:
+                    per_point[role][p.key].append(by_key.get(p.key))
+                failed_traj = {p.trajectory_id for p, r in replies if r.failed}
+                groups: dict[str, list[tuple[DecisionPoint, Action]]] = {}
+                for p, a in ok:
+                    if p.trajectory_id not in failed_traj:
+                        groups.setdefault(p.trajectory_id, []).append((p, a))
+                glist = list(groups.values())
+                tscored = score_trajectories(self.registry, traj_metrics, glist) if glist else {}
+                tby = {g[0][0].trajectory_id: {m: tscored[m][i] for m in traj_metrics} for i, g in enumerate(glist)}
+                for t in trajectories:
+                    per_traj[role][t.id].append(tby.get(t.id))
+        step_m, traj_m = tuple(step_metrics), tuple(traj_metrics)
+        for i, p in enumerate(points):
+            flag = flags[i] if flags else None
+            replies0 = {r: result.reply(p.key, r, 0) for r in ROLES}
+            clone0 = replies0["clone"].action
+            self.store.put(_item(
+                ItemKey("step", "step", p.key), p.trajectory_id, p.step, p.cohorts, step_m,
+                {r: per_point[r][p.key] for r in ROLES}, binary, {r: errors[r].get(p.key) for r in ROLES},
+                clone_action=clone0, expert_action=replies0["expert"].action,
+                # Call figures live on their item, so an item replayed by two xdist workers is
+                # counted once when the controller merges by key.
+                clone_calls=tuple(result.reply(p.key, "clone", k).stats for k in range(repeats)),
+                expert_calls=tuple(result.reply(p.key, "expert", k).stats for k in range(repeats)),
+                dead=_dead_tools(p, clone0),
+                ood=None if flag is None else bool(flag.is_ood),
+                distance=None if flag is None else round(float(flag.distance), 6),
+            ))
+        for t in trajectories:
+            steps = len(t.assistant_indexes())
+            costs = {r: self.trajectory_cost(t, r, [result.reply(f"{t.id}#{k}", r, 0).stats for k in range(steps)])
+                     for r in ROLES}
+            self.store.put(_item(
+                ItemKey("step", "trajectory", t.id), t.id, None, t.cohorts, traj_m,
+                {r: per_traj[r][t.id] for r in ROLES}, binary, {r: errors[r].get(t.id) for r in ROLES},
+                clone_cost=costs["clone"], expert_cost=costs["expert"],
+            ))
+
+    def _env_factory(self) -> Callable[[Trajectory], Any]:
+        hook = self._make_environment_hook
+        if hook is None:
+            raise GateError("rollout mode needs an environment: implement pytest_bclone_make_environment(trajectory)")
+
+        def env_factory(trajectory: Trajectory) -> Any:
+            env = hook(trajectory)
+            if env is None:
+                raise GateError(
+                    f"rollout mode: no environment for trajectory {trajectory.id!r}: implement the hook "
+                    "pytest_bclone_make_environment(trajectory) in your conftest.py to return one"
+                )
+            return env
+
+        return env_factory
+
+    def _rollout_replay(self, trajectories: list[Trajectory]) -> Any:
+        """The one place rollout episodes are driven (``replay.run_rollouts``): agents, environment,
+        concurrency, repeats, progress (and, when wired, the user simulator)."""
+        from .replay import run_rollouts
+
+        return run_rollouts(trajectories, self.agents(), self._env_factory(), concurrency=self.cfg.concurrency,
+                            repeats=self.cfg.repeats, progress=self.progress)
+
+    def _run_rollouts(self, trajectories: list[Trajectory]) -> None:
+        from .evaluators import score_episodes
+
+        result = self._rollout_replay(trajectories)
+        _, _, metrics, binary = self._metrics()
+        per: _PerRepeat = {r: {t.id: [] for t in trajectories} for r in ROLES}
+        errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}
+        repeats = self.cfg.repeats
+        for role in ROLES:
+            for rep in range(repeats):
+                eps = [(t, result.episode(role, t.id, rep)) for t in trajectories]
+                for t, e in eps:
+                    if e.error is not None:
+                        errors[role].setdefault(t.id, e.error)
+                ok = [(t, e) for t, e in eps if e.error is None]
+                scored = score_episodes(self.registry, metrics, ok) if ok else {}
+                by = {t.id: {m: scored[m][i] for m in metrics} for i, (t, _) in enumerate(ok)}
+                for t in trajectories:
+                    per[role][t.id].append(by.get(t.id))
+        roll_m = tuple(metrics)
+        for t in trajectories:
+            ep0 = {r: result.episode(r, t.id, 0) for r in ROLES}
+            costs = {r: self.trajectory_cost(t, r, [ep0[r].stats]) for r in ROLES}
+            self.store.put(_item(
+                ItemKey("rollout", "trajectory", t.id), t.id, None, t.cohorts, roll_m,
+                {r: per[r][t.id] for r in ROLES}, binary, {r: errors[r].get(t.id) for r in ROLES},
+                clone_cost=costs["clone"], expert_cost=costs["expert"],
+                clone_episode=tuple(ep0["clone"].actions), expert_episode=tuple(ep0["expert"].actions),
+                clone_truncated=any(result.episode("clone", t.id, k).truncated for k in range(repeats)),
+                expert_truncated=any(result.episode("expert", t.id, k).truncated for k in range(repeats)),
+                clone_calls=tuple(result.episode("clone", t.id, k).stats for k in range(repeats)),
+                expert_calls=tuple(result.episode("expert", t.id, k).stats for k in range(repeats)),
+            ))
+
+    def _ood_flags(self, points: Sequence[DecisionPoint]) -> list[Any] | None:
+        """Out-of-distribution flags of eval states against the train split (None without one)."""
+        if self._shift is None:
+            train = self.dataset.select("train")
+            if not train:
+                return None
+            from .evaluators import DistributionShift
+
+            self._shift = DistributionShift().fit(train)
+            self.shift_threshold = self._shift.threshold
+        return list(self._shift.flag(points))
+
+    def ensure_judged(self, cohort: str, metric: str) -> None:
+        """Score the step items of ``cohort`` with the LLM-judge ``metric`` (repeat 0's actions).
+
+        Judge calls are made only for judge metrics a test asks for; a failed judge call is
+        recorded on the item as an error for that metric (excluded and counted, never a score).
+        """
+        import asyncio
+
+        from .evaluators import JudgeFailure, judge_steps, level_of
+
+        if level_of(self.registry.get(metric)) != "judge":
+            return
+        todo = [it for it in self.store.cohort_items(cohort, "step", "step")
+                if not it.judge_failed(metric) and any(
+                    it.score(r, metric) is None and it.error(r) is None for r in ROLES)]
+        results: dict[ItemKey, tuple[dict[str, float], dict[str, str]]] = {it.id: ({}, {}) for it in todo}
+        for role in ROLES:
+            pairs, owners = [], []
+            for it in todo:
+                action = it.action(role)
+                if action is None or it.error(role) is not None:
+                    continue
+                assert it.step is not None
+                point = self.by_id[it.trajectory_id].decision_points()[it.step]
+                pairs.append((point, action))
+                owners.append(it)
+            if not pairs:
+                continue
+            judged = asyncio.run(judge_steps(self.registry, [metric], pairs, concurrency=self.cfg.concurrency))
+            for it, result in zip(owners, judged[metric]):
+                if isinstance(result, JudgeFailure):
+                    results[it.id][1][role] = result.error
+                else:
+                    results[it.id][0][role] = result.value
+        for it in todo:
+            values, failures = results[it.id]
+            self.store.put(it.with_judged(metric, values, failures))
+
+    # -- cost ------------------------------------------------------------------------------------------
+    def trajectory_cost(self, t: Trajectory, role: str, calls: Sequence[CallStats]) -> float | None:
+        """What serving trajectory ``t`` cost ``role`` (its ``calls``, repeat 0); None when unknown.
+
+        An agent that makes no model calls (the recorded expert) costs what its recording says: the
+        trajectory's metadata ``expert_cost_usd``, or its ``expert_usage`` tokens at the
+        ``--bclone-price`` of ``expert_model``."""
+        from .agents.base import needs_calls
+
+        agent = (self._agents or {}).get(role)
+        if agent is not None and not needs_calls(agent):
+            if role != "expert":
+                return None  # a recording stands in for the clone: what serving it costs is unknown
+            meta = t.metadata
+            if "expert_cost_usd" in meta:
+                return float(meta["expert_cost_usd"])
+            usage, model = meta.get("expert_usage"), meta.get("expert_model")
+            price = self.cfg.price.get(str(model)) if model else None
+            if not isinstance(usage, Mapping) or price is None:
+                return None
+            return token_cost(float(usage.get("prompt_tokens", 0)), float(usage.get("completion_tokens", 0)), price)
+        price = self.cfg.price.get(self.agent_names.get(role, ""))
+        total = 0.0
+        for stats in calls:
+            cost = call_cost(stats, price)
+            if cost is None:
+                return None
+            total += cost
+        return total
+
+
+def _item(
+    key: ItemKey,
+    trajectory_id: str,
+    step: int | None,
+    cohorts: tuple[str, ...],
+    metrics: tuple[str, ...],
+    per_repeat: Mapping[str, list[dict[str, Score] | None]],
+    binary: Mapping[str, bool],
+    errors: Mapping[str, str | None],
+    **extra: Any,
+) -> Item:
+    """Fold a role's per-repeat scores into one score per metric and build the item."""
+    scores: dict[str, tuple[float, ...] | None] = {}
+    reasons: tuple[str, ...] = ()
+    for role in ROLES:
+        reps = per_repeat[role]
+        if errors[role] is not None or not reps or any(r is None for r in reps):
+            scores[role] = None
+            continue
+        full = [r for r in reps if r is not None]
+        merged = []
+        for metric in metrics:
+            values = [r[metric].value for r in full]
+            # Binary metrics with repeats use pass^k (every one of the k samples must succeed): a
+            # safety regression in any sample is a regression. Graded metrics use the mean.
+            merged.append(min(values) if binary.get(metric) else sum(values) / len(values))
+        scores[role] = tuple(merged)
+        if role == "clone":
+            reasons = tuple(full[0][m].reason for m in metrics)
+    return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
+                reasons, errors["clone"], errors["expert"], **extra)
+
+
+def _dead_tools(point: DecisionPoint, action: Action | None) -> tuple[str, ...]:
+    if action is None:
+        return ()
+    offered = point.trajectory.tool_names
+    return tuple(c.name for c in action.tool_calls if c.name not in offered)
