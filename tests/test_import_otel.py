@@ -39,7 +39,13 @@ CONVENTION = {"openinference-openai": "openinference", "openinference-agents": "
 
 @pytest.fixture(scope="session")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each instrumentor's export directory (run concurrently, each in its own process)."""
+    """Each instrumentor's export directory (run concurrently, each in its own process).
+
+    ``BCLONE_OTEL_TRACES=DIR`` reuses the exports ``python tests/otel_agents.py NAME DIR/NAME`` wrote
+    (for iterating on the importer without re-running the agents)."""
+    reuse = os.environ.get("BCLONE_OTEL_TRACES")
+    if reuse and all((Path(reuse) / name / "conversations.json").is_file() for name in INSTRUMENTORS):
+        return {name: Path(reuse) / name for name in INSTRUMENTORS}
     out = tmp_path_factory.mktemp("otel_traces")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-fake-not-a-key"}
     env.pop("OPENAI_BASE_URL", None)
