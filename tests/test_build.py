@@ -320,3 +320,22 @@ def test_build_bad_options_are_one_error_line(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("bclone: error: ") and message in err, err
     assert "Traceback" not in err
+
+
+def test_toolset_from_a_version_and_split_key_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tmp_path / "store")
+    current = [_row(1, task="a"), _row(2, task="b", tool="issue_refund")]
+    current[1]["tools"].append({"type": "function", "function": {"name": "issue_refund"}})
+    assert main(["dataset", "--root", root, "import", str(_jsonl(tmp_path / "cur.jsonl", current)), "--name", "tools",
+                 "--version", "v1"]) == 0
+    old = [_row(10, task="a"), _row(11, task="c", tool="legacy_refund"), _row(12, task="d")]
+    del old[2]["metadata"]["task_id"]
+    capsys.readouterr()
+    assert main(["dataset", "build", str(_jsonl(tmp_path / "old.jsonl", old)), "--toolset-from", "tools@v1",
+                 "--split-by", "task_id", "--name", "curated", "--version", "v1", "--root", root,
+                 "--min-cohort-rows", "0", "--margin", "100"]) == 0
+    err = capsys.readouterr().err
+    step = next(s for s in DatasetStore(root).load("curated@v1").manifest["lineage"]["steps"] if s["step"] == "toolset")
+    assert step["dropped_by_tool"] == {"legacy_refund": 1} and step["source"].startswith("--toolset-from tools@v1 ")
+    assert step["toolset"] == ["get_order", "issue_refund"]
+    assert "bclone: warning: 1 trajectories have no metadata field 'task_id'" in err

@@ -37,6 +37,9 @@ lands on the same side, decided by a seeded hash of the value, so a group keeps 
 the cohort is rebuilt on a schedule with more rows (a row trained on in v8 is not evaluated on
 in v9).
 
+The build holds the selected rows in memory (rarity shares and de-duplication need the whole
+set); imports, by contrast, stream.
+
 Sample-size warnings use the rule of three: when a clone shows no regression on any of ``n``
 eval trajectories, the one-sided upper confidence bound on its regression rate is about
 ``-ln(1 - confidence) / n`` (3/n at 95%), so a margin of ``m`` points can be resolved at all only
@@ -536,8 +539,14 @@ def build(rows: list[dict[str, Any]], spec: BuildSpec) -> BuildResult:
         steps.append(step)
     if spec.rules is not None:
         steps.append(assign_cohorts(rows, spec.rules))
-    steps.append(grouped_split(rows, spec.split_by, spec.eval_fraction, spec.seed))
-    warnings = cohort_warnings(rows, spec.min_cohort_rows, spec.margin, spec.confidence)
+    split = grouped_split(rows, spec.split_by, spec.eval_fraction, spec.seed)
+    steps.append(split)
+    warnings = []
+    if split["rows_without_key"]:
+        warnings.append(f"{split['rows_without_key']} trajectories have no metadata field {spec.split_by!r}: each is "
+                        "split on its own, so related ones may land on both sides; fill the field or pick another "
+                        "--split-by")
+    warnings += cohort_warnings(rows, spec.min_cohort_rows, spec.margin, spec.confidence)
     return BuildResult(rows, steps, warnings)
 
 
