@@ -24,6 +24,7 @@ parse of every row) and collects every problem instead of stopping at the first.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, overload
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -636,56 +638,52 @@ class _DataTally:
         return sorted(str(x) for x in dupes.to_pylist())
 
 
-def _table_to_trajectories(table: Any) -> list[Trajectory]:
-    """Trajectory records over one data file's columns (messages stay in Arrow until used)."""
-    tools_col = table.column("tools")
-    ids = table.column("id").to_pylist()
-    splits = table.column("split").to_pylist()
-    cohort_lists = table.column("cohorts").to_pylist()
-    steps = table.column("steps").to_pylist()
-    expected = table.column("expected").to_pylist()
-    scores = table.column("expert_scores").to_pylist()
-    metas = table.column("metadata").to_pylist()
-    # Shared values are made once: a toolset (dictionary-encoded), a cohort tuple, a split string.
-    toolsets: list[Any] = []
-    msg_chunks: list[tuple[Any, int]] = []
-    for chunk in tools_col.chunks:
-        sets = [json.loads(s) for s in chunk.dictionary.to_pylist()]
-        toolsets.extend(sets[k] for k in chunk.indices.to_pylist())
-    for chunk in table.column("messages").chunks:
-        msg_chunks.extend((chunk, k) for k in range(len(chunk)))
-    interned: dict[Any, Any] = {}
-    parsed: dict[str, Any] = {}
-
-    def share(value: Any) -> Any:
-        return interned.setdefault(value, value)
-
-    def cached(text: str) -> Any:
-        if len(text) >= 256:
-            return json.loads(text)
-        value = parsed.get(text)
-        if value is None:
-            value = parsed[text] = json.loads(text)
-        return value
-
-    out = []
-    for i, tid in enumerate(ids):
-        exp = expected[i]
-        chunk, k = msg_chunks[i]
-        out.append(
-            Trajectory(
-                id=tid,
-                cohorts=share(tuple(cohort_lists[i])),
-                split=share(splits[i]),
-                messages=LazyMessages(chunk, k),
-                tools=toolsets[i],
-                expected=None if exp is None else ExpectedOutcome.from_dict(json.loads(exp)),
-                expert_scores=cached(scores[i]),
-                metadata=cached(metas[i]),
-                step_indexes=tuple(steps[i]),
-            )
-        )
+def _decoded(column: Any, parse: Callable[[Any], Any]) -> list[Any]:
+    """A column's values, each distinct value parsed once (dictionary-encoded columns map indexes
+    to the parsed dictionary; others are parsed per row)."""
+    out: list[Any] = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            values = [parse(v) for v in chunk.dictionary.to_pylist()]
+            out.extend(map(values.__getitem__, chunk.indices.to_pylist()))
+        else:
+            out.extend(map(parse, chunk.to_pylist()))
     return out
+
+
+def _cohort_tuples(column: Any) -> list[tuple[str, ...]]:
+    # Few distinct cohort sets: join each row's list in Arrow, dictionary-encode, build each tuple once.
+    joined = pc.binary_join(column, "\x1f").combine_chunks().dictionary_encode()
+    values = [tuple(v.split("\x1f")) if v else () for v in joined.dictionary.to_pylist()]
+    return list(map(values.__getitem__, joined.indices.to_pylist()))
+
+
+def _expected(text: str | None) -> ExpectedOutcome | None:
+    return None if text is None else ExpectedOutcome.from_dict(json.loads(text))
+
+
+def _table_to_trajectories(table: Any) -> list[Trajectory]:
+    """Trajectory records over one data file's columns.
+
+    Messages stay in Arrow (parsed on first use); a value shared by rows (toolset, cohort set,
+    split, scores, metadata) is decoded once; rows are built by C-level ``map`` rather than a
+    Python loop, since a large version has hundreds of thousands of them.
+    """
+    messages: list[LazyMessages] = []
+    for chunk in table.column("messages").chunks:
+        messages.extend(map(LazyMessages, repeat(chunk, len(chunk)), range(len(chunk))))
+    return list(map(
+        Trajectory,
+        table.column("id").to_pylist(),
+        _cohort_tuples(table.column("cohorts")),
+        _decoded(table.column("split"), str),
+        messages,
+        _decoded(table.column("tools"), json.loads),
+        _decoded(table.column("expected"), _expected),
+        _decoded(table.column("expert_scores"), json.loads),
+        _decoded(table.column("metadata"), json.loads),
+        map(tuple, table.column("steps").to_pylist()),
+    ))
 
 
 class DatasetStore:
@@ -830,11 +828,19 @@ class DatasetStore:
         ``expect`` is the (name, version) the directory is stored under, checked against the manifest.
         """
         check = _Check(raise_first=True)
-        manifest, tables = self._check_version(path, source, check, expect=expect, keep_tables=True)
-        assert manifest is not None
-        trajectories: list[Trajectory] = []
-        for table in tables:
-            trajectories.extend(_table_to_trajectories(table))
+        # The load allocates hundreds of thousands of acyclic containers: the cyclic collector would
+        # run over and over during it and find nothing (it doubled the load time of 100k rows).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            manifest, tables = self._check_version(path, source, check, expect=expect, keep_tables=True)
+            assert manifest is not None
+            trajectories: list[Trajectory] = []
+            for table in tables:
+                trajectories.extend(_table_to_trajectories(table))
+        finally:
+            if collecting:
+                gc.enable()
         return DatasetVersion(manifest["name"], manifest["version"], path, manifest, tuple(trajectories))
 
     def verify(self, ref: str, source: str = "bclone dataset validate") -> VerifyReport:
@@ -989,7 +995,7 @@ class DatasetStore:
                 f"the file was changed after the version was written; {_RESTORE}"))
             return None
         try:
-            table = pq.read_table(pa.BufferReader(data), read_dictionary=["tools"])
+            table = pq.read_table(pa.BufferReader(data), read_dictionary=_DICTIONARY_COLUMNS)
         except (pa.ArrowException, OSError, ValueError) as exc:
             check.fail(IntegrityError(f"data file {fpath} is not a readable Parquet file ({exc}): it is truncated "
                                       f"or corrupt; {_RESTORE}"))
