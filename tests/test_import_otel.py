@@ -423,3 +423,25 @@ def test_cli_imports_traces_and_reports_bad_ones(traces: dict[str, Path], tmp_pa
                  "--version", "v2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bclone: error: ") and str(binary) in err and "Traceback" not in err
+
+
+def test_memory_is_bounded_by_the_traces_in_flight(traces: dict[str, Path], tmp_path: Path) -> None:
+    """Streaming: importing a JSONL export holds the spans of the traces being read (plus a small
+    index entry per trace), never the file or the rows already yielded."""
+    import tracemalloc
+
+    lines = [json.loads(line) for line in (traces["openllmetry"] / "spans.jsonl").read_text().splitlines()]
+    path = tmp_path / "many.jsonl"
+    with path.open("w") as f:
+        for k in range(60):  # 60 copies of the 4 conversations, each copy its own traces
+            for s in lines:
+                f.write(json.dumps({**s, "context": {**s["context"],
+                                                     "trace_id": f"0x{k:08x}" + s["context"]["trace_id"][10:]}}) + "\n")
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_rows(str(path), ImportOptions(), []))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 240
+    assert peak < 0.25 * path.stat().st_size, (peak, path.stat().st_size)
