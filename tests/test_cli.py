@@ -186,6 +186,10 @@ def test_every_argument_has_help():
     helps = {(prog, a.dest): a.help for prog, a in walk(_parser())}
     assert "tau-bench" in helps[("bclone dataset import", "format")]
     assert helps[("bclone dataset import", "file")]
+    for prog in sorted({prog for prog, _ in helps}):  # every help page renders (a stray % would break it)
+        with pytest.raises(SystemExit) as exc:
+            _parser().parse_args([*prog.split()[1:], "--help"])
+        assert exc.value.code == 0
 
 
 def test_validate_lists_every_bad_line_including_non_json_and_non_utf8(tmp_path, capsys):
