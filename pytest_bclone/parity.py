@@ -35,24 +35,28 @@ which over-states their variance (``x^2 <= |x|``) and so stays valid for graded 
 any correlation of decision points within a trajectory.
 
 For a candidate difference ``d`` the score statistic is
-``Z(d) = (B - R - n d) / sqrt(n (2 q(d) + d - d^2))``, where ``q(d)`` is the constrained
-maximum-likelihood share of losses, the root of ``2n q^2 - W q - R d (1 - d) = 0`` with
-``W = (B + R) + (B - R) d - 2 n d``:
+``Z(d) = cc(B - R - n d) / sqrt(n (2 q(d) + d - d^2))``, where ``cc(x) = sign(x) max(|x| - 1/2, 0)``
+is the continuity correction and ``q(d)`` the constrained maximum-likelihood share of losses,
+the root of ``2n q^2 - W q - R d (1 - d) = 0`` with ``W = (B + R) + (B - R) d - 2 n d``:
 ``q(d) = (W + sqrt(W^2 + 8 n R d (1 - d))) / (4 n)``.
 The interval is ``{d : -z <= Z(d) <= z}`` with ``z = Phi^-1(1 - alpha/2)``, found by bisection
-(``Z`` decreases in ``d``). It never collapses: with no discordant pair in ``n`` units the lower
-bound is ``-z^2 / (n + z^2)`` (-27.8 points for 10 units, the Wilson analogue of the rule of
-three), not 0. ``Z`` increases with ``B`` and decreases with ``R``, which is what makes the
-verdicts monotone; raising a clone score raises ``x_j``, hence ``B`` or lowers ``R``.
+(``Z`` decreases in ``d``). With no gains it is Newcombe's (1998) continuity-corrected Wilson
+interval for the loss rate. It never collapses: with no discordant pair in 10 units the lower
+bound is -34.5 points (the exact Clopper-Pearson bound is -30.8, the rule of three -30), not 0.
+The correction matters only for small samples (it moves a bound by about ``1/(2n)``); without
+it, a clone 3 points beyond the margin passed about 1 gate in 1,000 at 30 to 100 trajectories,
+because score bounds sit slightly inside exact ones when no loss is seen.
+``Z`` increases with ``B`` and decreases with ``R``, which is what makes the verdicts monotone;
+raising a clone score raises ``x_j``, hence ``B`` or lowers ``R``.
 
 *p-value.* The one-sided score p-value of ``H0: true diff <= -within`` is
 ``Phi(-Z(-within / 100))``; ``p < alpha/2`` exactly when the interval lies above ``-within``,
 so the interval rule, the p-value rule and Holm with one cohort are the same decision.
 
-*n_needed.* ``Z`` depends on the data through the shares ``B/n`` and ``R/n`` and on ``sqrt(n)``,
-so at the observed shares the margin is settled at ``n* = z^2 V(-w) / (D + w)^2`` effective
-units, ``V(d) = 2 q(d) + d - d^2`` (the observed SD and distance to the margin); ``n_needed``
-is ``n*`` in units. When ``D`` is already past the margin it is the size at which the interval
+*n_needed.* At fixed shares ``B/n`` and ``R/n``, ``Z(-w) = (n |D + w| - 1/2) / sqrt(n V(-w))``
+with ``V(d) = 2 q(d) + d - d^2`` (the observed SD, and the distance of the estimate to the
+margin), so the margin is settled at the ``n*`` where that reaches ``z``; ``n_needed`` is
+``n*`` in units. When ``D`` is already past the margin it is the size at which the interval
 would most likely lie wholly below it, and the reason says so.
 
 *Simulation.* ``bench/parity_grid.py`` runs 1,000 seeded gates in each of 512 settings (10 to
@@ -145,7 +149,7 @@ DEFAULT_RESAMPLES = 2000
 DEFAULT_MAX_ERROR_RATE = 0.0
 DEFAULT_MIN_N = 10
 """Fewest units (items, or clusters) for a pass: a guard on top of an interval that is already
-honest about small samples (10 units with no loss bound the loss at -27.8 points)."""
+honest about small samples (10 units with no loss bound the loss at -34.5 points)."""
 
 MIN_RESAMPLES = 100
 
@@ -157,6 +161,8 @@ _COMPRESS_FACTOR = 16
 _NORMAL = NormalDist()
 # Rows of the resample index matrix drawn at once (bounds memory at ~8 MB for int64 indices).
 _CHUNK_ELEMENTS = 1 << 20
+# Continuity correction of the score statistic, in (effective) units: |B - R - n d| shrinks by 1/2.
+_CORRECTION = 0.5
 # Bisection steps for the score interval: 2 / 2^64 is below float resolution on [-1, 1].
 _BISECT = 64
 
@@ -968,14 +974,15 @@ def _score_var(gains: Any, losses: Any, n: Any, delta: Any) -> Any:
 
 
 def _score_z(gains: Any, losses: Any, n: Any, delta: Any) -> Any:
-    """Tango's score statistic ``(B - R - n delta) / sqrt(n V(delta))``; +-inf where V is 0. Vectorised.
+    """Tango's statistic ``cc(B - R - n delta) / sqrt(n V(delta))``, continuity-corrected; +-inf where V is 0.
 
     Works on floats or numpy arrays (one gate per element): the bench and the sequential gate
     call it on arrays of gates.
     """
     import numpy as np
 
-    num = np.asarray(gains - losses - n * delta, dtype=np.float64)
+    raw = np.asarray(gains - losses - n * delta, dtype=np.float64)
+    num = np.sign(raw) * np.maximum(np.abs(raw) - _CORRECTION, 0.0)
     den = np.sqrt(np.asarray(n * _score_var(gains, losses, n, delta), dtype=np.float64))
     safe = np.where(den > 0, den, 1.0)
     # V = 0 only where the data admit no spread at delta: any distance is infinitely many SDs,
@@ -1016,7 +1023,8 @@ def _score_var_one(gains: float, losses: float, n: float, delta: float) -> float
 
 def _score_z_one(gains: float, losses: float, n: float, delta: float) -> float:
     """:func:`_score_z` for one gate in plain floats; same formula, same edge values."""
-    num = gains - losses - n * delta
+    raw = gains - losses - n * delta
+    num = math.copysign(max(abs(raw) - _CORRECTION, 0.0), raw)
     den = math.sqrt(n * _score_var_one(gains, losses, n, delta))
     if den > 0:
         return num / den
@@ -1040,19 +1048,19 @@ def _score_bounds_one(gains: float, losses: float, n: float, z: float) -> tuple[
 
 def _needed_units(gains: float, losses: float, n_eff: float, units: int, diff: float, within: float,
                   z: float) -> int | None:
-    """Units at which the observed shares would settle the margin: ``z^2 V(-w) / (D + w)^2``.
+    """Units at which the observed shares would settle the margin (``diff``, ``within`` fractions).
 
-    ``diff`` and ``within`` are fractions. ``None`` when the estimate sits on the margin (no
-    size is expected to settle it). Converted from effective units to units by ``units / n``.
+    At the same shares, ``n`` effective units give ``Z(-w) = (n |D + w| - 1/2) / sqrt(n V(-w))``;
+    it reaches ``z`` at ``n* = t^2``, ``t = (z sqrt(V) + sqrt(z^2 V + 2 |D + w|)) / (2 |D + w|)``.
+    ``None`` when the estimate sits on the margin (no size is expected to settle it). Converted
+    from effective units to units by ``units / n``.
     """
-    gap = diff + within
-    if abs(gap) < 1e-12:
+    gap = abs(diff + within)
+    if gap < 1e-12:
         return None
-    var = _score_var_one(gains, losses, n_eff, -within)
-    if var <= 0.0:
-        return units + 1
-    effective = z * z * var / (gap * gap)
-    return max(units + 1, math.ceil(effective * units / n_eff - 1e-9))
+    root_var = math.sqrt(_score_var_one(gains, losses, n_eff, -within))
+    t = (z * root_var + math.sqrt(z * z * root_var * root_var + 4.0 * gap * _CORRECTION)) / (2.0 * gap)
+    return max(units + 1, math.ceil(t * t * units / n_eff - 1e-9))
 
 
 def _bootstrap_interval(

@@ -104,11 +104,14 @@ def test_unresolvable_cohort_is_inconclusive_with_the_size_that_would_resolve_it
     c = (rng.random(500) < 0.9).astype(float).tolist()  # independent: wide interval
     v = parity_verdict("safety", "task_success", e, c, within=3)
     assert v.status == "inconclusive" and v.diff is not None and v.diff > -3
-    # n_needed is where the observed shares would just settle the margin: z^2 V(-w) / (D + w)^2.
+    # n_needed is where the observed shares would just settle the margin: (n a - 1/2) = z sqrt(n V)
+    # with a = D + w, a quadratic in sqrt(n).
     gains = sum(1 for a, b in zip(e, c) if b > a)
     losses = sum(1 for a, b in zip(e, c) if b < a)
     var = float(parity._score_var(gains, losses, 500, -0.03))
-    assert v.n_needed == int(np.ceil(1.959963984540054**2 * var / (v.diff / 100 + 0.03) ** 2 - 1e-9))
+    gap, z = v.diff / 100 + 0.03, 1.959963984540054
+    t = (z * np.sqrt(var) + np.sqrt(z * z * var + 2 * gap)) / (2 * gap)
+    assert v.n_needed == int(np.ceil(t * t - 1e-9))
     assert v.n_needed > 500
     assert f"at the observed effect about {v.n_needed} items would" in v.reason
     # ... and it is right: the same shares on n_needed items pass, on fewer they do not.
@@ -149,7 +152,7 @@ def test_clustered_items_are_judged_by_trajectory_and_counted() -> None:
 
 
 def test_too_few_units() -> None:
-    v = parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=50)
+    v = parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=60)
     assert v.status == "inconclusive"
     assert v.reason == "too few items to decide: 5, at least 10 are needed"
     assert v.n_needed == 10
@@ -157,10 +160,10 @@ def test_too_few_units() -> None:
     assert v.reason == "too few trajectories to decide: 4, at least 10 are needed"
     assert v.n_needed is not None and v.n_needed > 10  # what the margin needs, beyond min_n
     # min_n is a guard on passing; the interval itself is honest: 5 identical items do not
-    # resolve a 3-point margin (the clone could lose up to 43 points) ...
+    # resolve a 3-point margin (the clone could lose up to 53 points) ...
     assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=3, min_n=5).status == "inconclusive"
-    # ... but they do resolve a 50-point one.
-    assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=50, min_n=5).status == "pass"
+    # ... but they do resolve a 60-point one.
+    assert parity_verdict("c", "m", [0.5] * 5, [0.5] * 5, within=60, min_n=5).status == "pass"
 
 
 def test_min_n_and_failed_calls_never_mask_a_fail() -> None:
@@ -177,24 +180,42 @@ def test_min_n_and_failed_calls_never_mask_a_fail() -> None:
 
 
 def test_discriminating_strict_margin_on_2000_items() -> None:
-    # 2,000 items, the expert always right, a 3-point margin. Tango's lower bound with no gains
-    # is Wilson's upper bound on the loss rate: 45 losses clear the margin, 46 do not.
+    # 2,000 items, the expert always right, a 3-point margin. With no gains Tango's continuity-
+    # corrected lower bound is Newcombe's continuity-corrected Wilson bound on the loss rate:
+    # 44 losses clear the margin, 45 do not.
+    from scipy.stats import beta
+
     e = [1.0] * 2000
+    v44 = parity_verdict("c", "m", e, [1.0] * 1956 + [0.0] * 44, within=3)
     v45 = parity_verdict("c", "m", e, [1.0] * 1955 + [0.0] * 45, within=3)
     v46 = parity_verdict("c", "m", e, [1.0] * 1954 + [0.0] * 46, within=3)
-    z = 1.959963984540054
-    for v, r in ((v45, 45), (v46, 46)):
-        p = r / 2000
-        wilson = (p + z * z / 4000 + z * np.sqrt(p * (1 - p) / 2000 + z * z / 4000**2)) / (1 + z * z / 2000)
-        assert v.ci_low == pytest.approx(-100 * wilson, abs=1e-9)
-    assert (v45.status, v46.status) == ("pass", "inconclusive")
-    # The old rule failed 46 losses as "may be worse" though the estimate, -2.3, is inside.
-    assert parity._legacy_verdict("c", "m", e, [1.0] * 1954 + [0.0] * 46, within=3).status == "fail"
+    z, n = 1.959963984540054, 2000
+    for v, r in ((v44, 44), (v45, 45), (v46, 46)):
+        p = r / n
+        wilson_cc = (2 * n * p + z * z + 1 + z * np.sqrt(z * z + 2 - 1 / n + 4 * p * (n * (1 - p) - 1))) / (2 * (n + z * z))
+        assert v.ci_low == pytest.approx(-100 * wilson_cc, abs=1e-9)
+    assert (v44.status, v45.status, v46.status) == ("pass", "inconclusive", "inconclusive")
+    # The exact (Clopper-Pearson) bound agrees on 46 losses; on 45 it clears 3 points by 0.0008
+    # points, where the continuity correction is a hair more cautious.
+    assert beta.ppf(0.975, 47, 1954) > 0.03 > beta.ppf(0.975, 46, 1955) > 0.0299
+    # The old rule passed 45 losses and failed 46 as "may be worse" though the estimate, -2.3,
+    # is inside the margin.
+    old45 = parity._legacy_verdict("c", "m", e, [1.0] * 1955 + [0.0] * 45, within=3)
+    old46 = parity._legacy_verdict("c", "m", e, [1.0] * 1954 + [0.0] * 46, within=3)
+    assert (old45.status, old46.status) == ("pass", "fail")
+
+
+def _no_loss_bound(units: float) -> float:
+    """The continuity-corrected score bound with no discordance: root of (n x - 1/2)^2 = z^2 n x (1 - x)."""
+    z2, c = 1.959963984540054**2, 0.5
+    b = 2 * units * c + z2 * units
+    a = units * units + z2 * units
+    return float((b + np.sqrt(b * b - 4 * a * c * c)) / (2 * a))
 
 
 def test_zero_losses_in_ten_items_bound_near_the_rule_of_three() -> None:
     v = parity_verdict("long_tail", "task_success", [1.0] * 10, [1.0] * 10, within=3)
-    assert v.ci_low == pytest.approx(-100 * 1.959963984540054**2 / (10 + 1.959963984540054**2))  # -27.8
+    assert v.ci_low == pytest.approx(-100 * _no_loss_bound(10))  # -34.5; exact Clopper-Pearson: -30.8
     assert v.status == "inconclusive"
     zero = parity_verdict("safety", "refusal", [1.0] * 10, [1.0] * 10, within=0)
     assert zero.status == "pass" and zero.regression_units == 0
@@ -232,8 +253,9 @@ def test_score_statistic_uses_the_constrained_maximum_likelihood() -> None:
             return -(gains * np.log(q + d) + losses * np.log(q) + (n - gains - losses) * np.log(1 - 2 * q - d))
 
         q = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}).x
-        stat = (gains - losses - n * d) / np.sqrt(n * (2 * q + d - d * d))
-        assert abs(stat) == pytest.approx(1.959963984540054, abs=1e-4)
+        # continuity-corrected: |B - R - n d| shrinks by 1/2
+        stat = (abs(gains - losses - n * d) - 0.5) / np.sqrt(n * (2 * q + d - d * d))
+        assert stat == pytest.approx(1.959963984540054, abs=1e-4)
 
 
 def test_no_items() -> None:
