@@ -417,6 +417,11 @@ def test_cli_imports_traces_and_reports_bad_ones(traces: dict[str, Path], tmp_pa
     out = capsys.readouterr()
     assert "trace " in out.out + out.err and "neither text nor tool calls" in out.out + out.err
     assert len(DatasetStore(root).load("traces@v1").trajectories) == 3
+    assert main(["dataset", "--root", root, "import", str(traces["otel-openai-v2"] / "spans.jsonl"), "--strict",
+                 "--name", "traces", "--version", "v3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bclone: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "spans.jsonl:" in err and "neither text nor tool calls" in err and "capture message content" in err
     binary = tmp_path / "trace.json"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     assert main(["dataset", "--root", root, "import", str(binary), "--format", "otel", "--name", "traces",
