@@ -459,6 +459,9 @@ def _final_state_ok(env: Environment) -> bool | None:
     return None if value is None else bool(value)
 
 
+_NO_CALL = CallStats()
+
+
 def step_cap(trajectory: Trajectory) -> int:
     """Most agent turns an episode may take: 3x the recorded assistant turns + 5 (loops end)."""
     return 3 * len(trajectory.assistant_indexes()) + 5
@@ -513,7 +516,8 @@ async def run_episode(
                 conversation.append({"role": "tool", "tool_call_id": call.id or f"call_{i}", "content": content})
             continue
         turn = await ask_user(user, tuple(conversation), repeat)
-        if user_stats is not None:
+        if user_stats is not None and turn.stats != _NO_CALL:
+            # A recorded or scripted user makes no call (default figures): only model calls count.
             user_stats.append(turn.stats)
         if turn.failed:
             # The user's failure, not the agent's: the episode is an error, excluded from scores.
