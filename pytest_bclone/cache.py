@@ -18,6 +18,13 @@ Modes follow pytest-recording (``--bclone-cache-mode``):
 ``all``           always call, and re-record
 ``off``           always call, record nothing
 
+Each distinct request is sent once, also across pytest-xdist workers and concurrent runs sharing
+the directory (single-flight per key): the first caller of a missing key takes a lock (an asyncio
+lock within the process, ``flock`` on ``<key[:2]>/.<key>.lock`` across processes), calls and
+records; the others wait and then read its entry. A lock dies with its process, so a killed run
+never blocks the next one. In mode ``all`` an entry written after this cache was opened counts as
+this run's recording and is not re-recorded a second time.
+
 Any async call can go through :meth:`ModelCache.cached_call` (agents, judge evaluators). Stdlib
 only: importing this module imports neither litellm nor pyarrow.
 """
@@ -25,6 +32,7 @@ only: importing this module imports neither litellm nor pyarrow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -32,7 +40,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +49,14 @@ from .errors import CacheMiss, CacheWarning, ConfigError
 
 if TYPE_CHECKING:
     from .config import BcloneConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows: single-flight within the process only
+    fcntl = None  # type: ignore[assignment]
+
+_POLL_FIRST, _POLL_MAX = 0.002, 0.05
+"""Seconds between attempts to take a key's file lock held by another process (doubling)."""
 
 __all__ = ["CACHE_MODES", "TRANSPORT_PARAMS", "CacheResult", "CacheStats", "ModelCache", "cache_key"]
 
@@ -90,9 +106,12 @@ class CacheStats:
     misses: int = 0
     writes: int = 0
     corrupt: int = 0
+    waited: int = 0
+    """Hits that waited for another task or process to record the entry (single-flight)."""
 
     def to_dict(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "corrupt": self.corrupt}
+        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "corrupt": self.corrupt,
+                "waited": self.waited}
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,10 @@ class ModelCache:
         self.mode = mode
         self.stats = CacheStats()
         self._made_dirs: set[Path] = set()
+        self._opened = time.time()
+        # key -> [lock, users]: tasks of this process asking for the same key queue here, so only
+        # one of them takes the file lock and calls.
+        self._key_locks: dict[str, list[Any]] = {}
 
     @classmethod
     def from_config(cls, config: BcloneConfig) -> ModelCache:
@@ -133,23 +156,27 @@ class ModelCache:
         """Where the entry of ``key`` lives (sharded by the first two hex digits)."""
         return self.directory / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The recorded value of ``key``, or ``None`` when absent or unreadable (with a warning)."""
+    def get(self, key: str, *, quiet: bool = False) -> dict[str, Any] | None:
+        """The recorded value of ``key``, or ``None`` when absent or unreadable (with a warning,
+        unless ``quiet``: the second look of a single-flight does not report the same entry twice)."""
         path = self.path_for(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self._corrupt(path, f"cannot be read ({exc})")
+            if not quiet:
+                self._corrupt(path, f"cannot be read ({exc})")
             return None
         try:
             entry = json.loads(data)  # bytes: a bad encoding is a ValueError here too
         except ValueError as exc:
-            self._corrupt(path, f"is not valid JSON ({exc})")
+            if not quiet:
+                self._corrupt(path, f"is not valid JSON ({exc})")
             return None
         if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("value"), dict):
-            self._corrupt(path, "is not a cache entry for this key")
+            if not quiet:
+                self._corrupt(path, "is not a cache entry for this key")
             return None
         value: dict[str, Any] = entry["value"]
         return value
@@ -233,18 +260,95 @@ class ModelCache:
             if recorded is not None:
                 self.stats.hits += 1
                 return CacheResult(recorded, True, key)
-        self.stats.misses += 1
         if self.mode == "none":
+            self.stats.misses += 1
             raise CacheMiss(
                 f"no recorded answer for {label or 'a model call'} in {self.directory} (key {key[:16]}...) "
                 "and --bclone-cache-mode=none forbids calling the model; rerun with "
                 "--bclone-cache-mode=new_episodes to record it (if it was recorded before, the prompt, "
                 "tools or sampling parameters have changed since)"
             )
-        value = dict(await call())
-        if self.mode != "off":
+        if self.mode == "off":
+            self.stats.misses += 1
+            return CacheResult(dict(await call()), False, key)
+        async with self._single_flight(key) as recorded_meanwhile:
+            # Another task or process may have recorded it while we waited for the lock.
+            recorded = recorded_meanwhile()
+            if recorded is not None:
+                self.stats.hits += 1
+                self.stats.waited += 1
+                return CacheResult(recorded, True, key)
+            self.stats.misses += 1
+            value = dict(await call())
             await self._record(key, value, request, label)
-        return CacheResult(value, False, key)
+            return CacheResult(value, False, key)
+
+    def _this_run(self, key: str) -> dict[str, Any] | None:
+        """Mode ``all``: the entry of ``key`` if it was written since this cache was opened (by
+        another worker of the same run), else None (an older recording is re-recorded)."""
+        try:
+            if self.path_for(key).stat().st_mtime < self._opened:
+                return None
+        except OSError:
+            return None
+        return self.get(key, quiet=True)
+
+    @contextlib.asynccontextmanager
+    async def _single_flight(self, key: str) -> AsyncIterator[Callable[[], dict[str, Any] | None]]:
+        """Hold the key: first the in-process lock, then the cross-process file lock.
+
+        Yields the function that reads what was recorded meanwhile. The lock file is removed once
+        the entry is written (while still held: a waiter that opened it then finds the entry, and
+        a newcomer finds the entry before it looks for a lock); it stays after a failed call.
+        """
+        slot = self._key_locks.get(key)
+        if slot is None:
+            slot = self._key_locks[key] = [asyncio.Lock(), 0]
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                fd = await self._lock_file(key)
+                lock_path = self.path_for(key).parent / f".{key}.lock"
+                try:
+                    yield (lambda: self.get(key, quiet=True)) if self.mode == "new_episodes" else (
+                        lambda: self._this_run(key))
+                    if fd is not None and self.path_for(key).exists():
+                        with contextlib.suppress(OSError):
+                            if os.fstat(fd).st_ino == lock_path.stat().st_ino:
+                                lock_path.unlink()
+                finally:
+                    if fd is not None:
+                        os.close(fd)  # releases the flock
+        finally:
+            slot[1] -= 1
+            if slot[1] == 0:
+                del self._key_locks[key]
+
+    async def _lock_file(self, key: str) -> int | None:
+        """Take the cross-process lock of ``key`` (polling: a blocking flock would hold a thread);
+        None where file locks are unavailable or the directory cannot be written."""
+        if fcntl is None:
+            return None
+        path = self.path_for(key)
+        try:
+            if path.parent not in self._made_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
+            fd = os.open(path.parent / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None  # a read-only cache: no lock, the call still works
+        delay = _POLL_FIRST
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    await asyncio.sleep(delay)
+                    delay = min(_POLL_MAX, delay * 2)
+        except BaseException:
+            os.close(fd)
+            raise
 
     async def _record(self, key: str, value: Mapping[str, Any], request: Mapping[str, Any], label: str) -> None:
         """:meth:`put` on a worker thread, in a way that Ctrl-C cannot lose.
