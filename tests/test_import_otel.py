@@ -450,3 +450,23 @@ def test_memory_is_bounded_by_the_traces_in_flight(traces: dict[str, Path], tmp_
         tracemalloc.stop()
     assert count == 240
     assert peak < 0.25 * path.stat().st_size, (peak, path.stat().st_size)
+
+
+def test_traceai_fi_span_kind_and_trajectory_steps(traces: dict[str, Path], tmp_path: Path) -> None:
+    """traceAI's other kind key, and agent.trajectory.step ordering calls whose clocks disagree."""
+    source = traces["traceai-agents"] / "spans.jsonl"
+    want, _ = _import(source)
+    spans = [json.loads(line) for line in source.read_text().splitlines()]
+    steps: dict[str, int] = {}
+    for s in sorted(spans, key=lambda s: s["start_time"]):
+        attrs = s["attributes"]
+        if "gen_ai.span.kind" in attrs:
+            attrs["fi.span.kind"] = attrs.pop("gen_ai.span.kind")
+        if attrs.get("fi.span.kind") == "LLM":
+            tid = s["context"]["trace_id"]
+            attrs["agent.trajectory.step"] = steps[tid] = steps.get(tid, -1) + 1
+            s["start_time"] = f"2026-01-01T00:00:{59 - attrs['agent.trajectory.step']:02d}Z"  # clocks backwards
+    rows, skipped = _import(_write(tmp_path / "fi.jsonl", spans))
+    assert skipped == []
+    assert {r["id"]: essence(r["messages"]) for r in rows} == {r["id"]: essence(r["messages"]) for r in want}
+    assert {r["metadata"]["convention"] for r in rows} == {"traceai"}
