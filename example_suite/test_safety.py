@@ -14,4 +14,5 @@ pytestmark = pytest.mark.bclone(cohort="safety")
 
 def test_safety_zero_regression() -> None:
     # zero regression: no refusal state where the expert refused or transferred and the clone did not
-    assert_no_regression(cohort="safety", metric="safety_refusal", on_fail="block")
+    # (pytest.ini bclone_policy: safety = block | block the deploy ...)
+    assert_no_regression(cohort="safety", metric="safety_refusal")

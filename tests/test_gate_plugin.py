@@ -106,7 +106,9 @@ def test_pass_fail_and_the_failure_message(gate: pytest.Pytester):
     ])
     assert "worst divergences (trajectory, step: expert -> clone):" in out
     assert "bad-0000 step 0: get_order(order_id='W0'); get_order(order_id='W0b') -> 'I cannot help with that.'" in out
-    assert "Traceback" not in out and "assert_parity(" not in out.split("short test summary")[0].split("FAILED")[0][-2:]
+    # pytrace=False: the failure shows the built message, no traceback and no source of the test
+    assert "Traceback" not in out
+    assert "def test_bad():" not in out and not any(line.startswith(">") for line in result.stdout.lines)
     result.stdout.re_match_lines([r"BCLONE GATE: BLOCKED \(bad: action_match fail\)"])
     assert "bad: retrain the clone with more rows of this cohort" in out
     assert result.ret == 1

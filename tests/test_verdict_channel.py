@@ -71,6 +71,8 @@ def _rows() -> list[dict]:
         for i in range(n):
             row = make_row(i, cohorts=(kind,), split="eval")
             row["id"] = f"{kind}-{i:04d}"
+            # what the source recorded for the expert (e.g. a tau-bench reward): 3 in 4 succeeded
+            row["expert_scores"] = {"task_completion": 0.0 if i % 4 == 0 else 1.0}
             row["metadata"] = {"expert_model": "big-expert",
                                "expert_usage": {"prompt_tokens": 400, "completion_tokens": 60}}
             rows.append(row)
@@ -223,8 +225,8 @@ def test_a_bad_policy_line_is_a_usage_error(gate: pytest.Pytester):
     gate.makeini(INI + "bclone_policy =\n    bad = sometimes\n")
     result = gate.runpytest("-p", "no:cacheprovider")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["ERROR: ini key bclone_policy: invalid value *'bad = sometimes'*on_fail 'sometimes' "
-                                 "is not one of block, route, warn*"])
+    result.stderr.fnmatch_lines([("ERROR: ini key bclone_policy: invalid value *'bad = sometimes'*on_fail "
+                                  "'sometimes' is not one of block, route, warn*")])
 
 
 def test_pass_k_uses_every_repeat(gate: pytest.Pytester):
@@ -246,3 +248,20 @@ def test_pass_k_uses_every_repeat(gate: pytest.Pytester):
                    "--bclone-report-json=k2.json")
     v2 = json.loads((gate.path / "k2.json").read_text())["verdicts"][0]
     assert v2["clone_mean"] == pytest.approx(1.0) and v2["status"] == "pass", v2
+
+
+def test_recorded_expert_scores_appear_in_every_report(gate: pytest.Pytester):
+    gate.makepyfile(test_r="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            assert_parity(cohort="good", within=10)
+    """)
+    result = gate.runpytest("-p", "no:cacheprovider", "--bclone-report-json=r.json", "--bclone-report-md=r.md",
+                            "--bclone-report-html=r.html")
+    shown = "task_completion 75.0 (n 120)"  # the dataset's record, not the replayed expert's 100
+    assert f"  recorded expert (dataset): good: {shown}" in result.stdout.lines
+    report = json.loads((gate.path / "r.json").read_text())
+    assert report["recorded_expert"] == [{"cohort": "good", "score": "task_completion", "n": 120, "mean": 0.75}]
+    assert f"- good: {shown}" in (gate.path / "r.md").read_text().splitlines()
+    assert f"Recorded expert (dataset): {shown}." in (gate.path / "r.html").read_text()

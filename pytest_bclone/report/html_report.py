@@ -38,6 +38,7 @@ from ._common import (
     fmt_usd,
     integer,
     number,
+    recorded_expert,
     rows,
     score_diff_points,
     section,
@@ -474,6 +475,9 @@ def _verdicts_card(summary: Mapping[str, Any]) -> str:
         if (integer(v.get("errors")) or 0) > 0:
             extra = (f" {e(fmt_count(v.get('errors')))} of {e(fmt_count(v.get('total')))} items lost to failed "
                      f"model calls ({e(fmt_share(v.get('error_rate')))}), excluded from the scores.")
+        recorded = recorded_expert(summary, v.get("cohort"))
+        if recorded:
+            extra += f" Recorded expert (dataset): {e(recorded)}."
         reason = text(v.get("reason")).rstrip(". ")
         trs.append(f'<tr class="why"><td colspan="{len(headers)}">{e(reason)}{"." if reason else ""}{extra} '
                    f'<span class="test">{e(v.get("test"))}</span></td></tr>')

@@ -33,6 +33,7 @@ from ._common import (
     fmt_usd,
     integer,
     number,
+    recorded_expert,
     rows,
     score_diff_points,
     section,
@@ -154,6 +155,11 @@ def _verdicts(summary: Mapping[str, Any]) -> list[str]:
     out += _table(headers, body, "lllrrrrlrll")
     out += ["", "Means and differences in points (x100); pass when the interval's lower end is above the margin.",
             ""]
+    recorded = [(c, r) for c in dict.fromkeys(text(v.get("cohort")) for v in verdicts)
+                if (r := recorded_expert(summary, c))]
+    if recorded:
+        out += ["Recorded expert scores (from the dataset, beside the replayed expert above):", ""]
+        out += [f"- {_cell(c)}: {_cell(r)}" for c, r in recorded] + [""]
     worst = [v for v in verdicts if v.get("status") != "pass" and rows(v, "worst")]
     if worst:
         out += ["<details><summary>Worst items of failing and undecided cohorts</summary>", ""]

@@ -106,6 +106,11 @@ _VERDICT = _object(
         "holm_adjusted": _d("true once Holm's correction across the run's cohorts was applied",
                             {"type": "boolean"}),
         "p_adjusted": _d("Holm-adjusted p-value", _NUM),
+        "regression_units": _d("zero-regression verdicts: units (trajectories when clustered, else items) with at "
+                               "least one regression; else null", _INT),
+        "regression_rate_upper": _d("zero-regression verdicts: one-sided upper confidence bound on the share of "
+                                    "regressing units (3/n at 95% when none was seen), in [0, 1]; else null", _NUM),
+        "remedy": _d("the declared next step of this cohort when it fails (assertion or ini bclone_policy)", _STR),
         # added by the session
         "mode": _d("replay mode: step (teacher-forced decision points) or rollout (whole episodes)",
                    {"enum": ["step", "rollout"]}),
@@ -119,7 +124,8 @@ _VERDICT = _object(
     },
     required=["cohort", "metric", "n", "n_clusters", "expert_mean", "clone_mean", "diff", "ci_low", "ci_high",
               "confidence", "within", "status", "reason", "n_needed", "regressions", "errors", "total",
-              "error_rate", "p_value", "holm_adjusted", "p_adjusted", "mode", "on_fail", "test", "outcome",
+              "error_rate", "p_value", "holm_adjusted", "p_adjusted", "regression_units", "regression_rate_upper",
+              "mode", "on_fail", "test", "outcome",
               "action", "worst"],
     description="one parity assertion (one cohort, one metric) and what it did to the release",
 )
@@ -133,7 +139,10 @@ _SCORE = _object(
         "expert_mean": _d("expert's mean in [0, 1]", _NUM),
         "clone_mean": _d("clone's mean in [0, 1]", _NUM),
         "diff": _d("clone minus expert, points", _NUM),
+        "expert_recorded": _d("the dataset's recorded expert score of the same name, mean in [0, 1]; null when "
+                              "the rows recorded none", _NUM),
     },
+    required=["cohort", "metric", "mode", "n", "expert_mean", "clone_mean", "diff"],
     description="an informational score: every metric computed, per cohort, asserted or not",
 )
 
@@ -223,6 +232,15 @@ REPORT_SCHEMA: dict[str, Any] = {
         "verdicts": _d("every parity assertion of the run", {"type": "array", "items": _VERDICT}),
         "scores": _d("informational: every metric computed, per cohort and mode",
                      {"type": "array", "items": _SCORE}),
+        "recorded_expert": _d(
+            "the expert's own scores as the dataset recorded them (expert_scores: the source's rewards and "
+            "evaluator scores), per cohort, beside the replayed figures",
+            {"type": "array", "items": _object({
+                "cohort": _d("cohort name", {"type": "string"}),
+                "score": _d("the recorded score's name", {"type": "string"}),
+                "n": _d("evaluated trajectories of the cohort that recorded it", _COUNT),
+                "mean": _d("its mean in [0, 1]", _NUM),
+            })}),
         "agents": _object({"clone": _AGENT, "expert": _AGENT}, description="usage and cost per role"),
         "tool_confusions": _d(
             "expert tool -> clone tool at the same state, where they differ; '(text reply)' when an agent "

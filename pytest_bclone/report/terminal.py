@@ -32,6 +32,7 @@ from ._common import (
     fmt_usd,
     integer,
     number,
+    recorded_expert,
     rows,
     score_diff_points,
     section,
@@ -139,6 +140,10 @@ def _verdicts(summary: Mapping[str, Any], verbosity: int) -> list[str]:
                 f"  note: {text(v.get('cohort'))}/{text(v.get('metric'))}: too few to decide; about {needed:,} "
                 f"{'trajectories' if clustered else 'items'} needed (have {fmt_count(have)})"
             )
+    for cohort in dict.fromkeys(text(v.get("cohort")) for v in verdicts):
+        recorded = recorded_expert(summary, cohort)
+        if recorded:
+            out.append(f"  recorded expert (dataset): {cohort}: {recorded}")
     for v in verdicts:
         if (integer(v.get("errors")) or 0) <= 0:
             continue
