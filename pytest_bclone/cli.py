@@ -529,7 +529,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _validate_jsonl(path: str) -> int:
-    from .dataset.openai_jsonl import iter_openai_jsonl
+    from .dataset.openai_jsonl import check_unique_id, iter_openai_jsonl
     from .dataset.schema import validate_row
 
     bad = good = 0
@@ -539,9 +539,11 @@ def _validate_jsonl(path: str) -> int:
         print(exc)
         bad += 1
 
+    seen: dict[str, int] = {}
     for lineno, row in iter_openai_jsonl(path, on_error=report):
         try:
             validate_row(row, f"{path}:{lineno}")
+            check_unique_id(row["id"], lineno, seen, f"{path}:{lineno}")
             good += 1
         except BcloneError as exc:
             report(exc)

@@ -337,3 +337,19 @@ def test_format_auto_sniffs_each_format(tmp_path, content, fmt):
     assert sniff_format(str(path)) == fmt
     (tmp_path / "p.parquet").write_bytes(b"PAR1....")
     assert sniff_format(str(tmp_path / "p.parquet")) == "otel"
+
+
+def test_openai_jsonl_import_streams_and_names_duplicate_ids(tmp_path, capsys):
+    from pytest_bclone.dataset.importers import ImportOptions
+    from pytest_bclone.dataset.openai_jsonl import iter_rows
+
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(TEXT_LINE) + "\n" + json.dumps(PARALLEL_LINE) + "\n{broken\n")
+    rows = iter_rows(str(path), ImportOptions(), [])
+    assert next(rows)["id"] == "big-000001" and next(rows)["id"] == "big-000002"  # read before line 3 is reached
+    dup = _write_jsonl(tmp_path / "dup.jsonl", [{**TEXT_LINE, "id": "x"}, TEXT_LINE, {**TEXT_LINE, "id": "x"}])
+    code, _, err = run(capsys, "dataset", "--root", str(tmp_path / "ds"), "import", str(dup), "--name", "d",
+                       "--version", "v1")
+    assert code == 2 and f"{dup}:3: row id 'x' appears 2 times (lines 1 and 3)" in err
+    code, out, _ = run(capsys, "dataset", "validate", str(dup))
+    assert code == 1 and f"{dup}:3: row id 'x' appears 2 times" in out and "2 valid, 1 invalid" in out

@@ -88,13 +88,25 @@ def iter_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -
 
     This is our own row format, so a bad line is an error naming ``file:line`` (not a skipped
     source): a wrong line means a wrong file. Unknown keys are refused unless
-    ``options.keep_unknown_keys`` (then kept under ``metadata.import_extra``).
+    ``options.keep_unknown_keys`` (then kept under ``metadata.import_extra``). Only the ids
+    seen so far are kept (to name both lines of a duplicate id).
     """
+    seen: dict[str, int] = {}
     for lineno, row in iter_openai_jsonl(path, cohorts=options.cohorts, split=options.split,
                                          eval_fraction=options.eval_fraction,
                                          keep_unknown_keys=options.keep_unknown_keys):
-        validate_row(row, f"{path}:{lineno}")
+        where = f"{path}:{lineno}"
+        validate_row(row, where)
+        check_unique_id(row["id"], lineno, seen, where)
         yield row
+
+
+def check_unique_id(row_id: str, lineno: int, seen: dict[str, int], where: str) -> None:
+    """Raise RowError when ``row_id`` was already seen (``seen`` maps ids to their first line)."""
+    first = seen.setdefault(row_id, lineno)
+    if first != lineno:
+        raise RowError(f"{where}: row id {row_id!r} appears 2 times (lines {first} and {lineno}); ids must be "
+                       "unique: rename one or drop the duplicate line")
 
 
 def iter_openai_jsonl(
