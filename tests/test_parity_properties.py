@@ -287,3 +287,24 @@ def test_min_n_and_failed_calls_never_mask_a_fail(data: tuple[list[float], list[
         assert dirty.status == "fail", dirty.reason
     if within == 0 and clean.regressions:
         assert dirty.status == "fail"
+
+
+@pytest.mark.parametrize("n", [10, 30, 100, 500, 2000])
+def test_every_loss_and_gain_count_is_ordered(n: int) -> None:
+    """Exhaustive over loss counts of a binary metric, at several gain counts: one more loss never helps.
+
+    Hypothesis samples small cohorts; a rule that misbehaves only where the interval is about as
+    wide as the margin (the old half-width rule) needs hundreds of items, so scan them all.
+    """
+    for within in (1.0, 3.0):
+        for gains in sorted({0, 1, 5, n // 50}):
+            previous = None
+            for losses in range(min(n - gains, int(0.12 * n) + 2)):
+                # gains: expert 0 / clone 1; losses: expert 1 / clone 0; the rest agree at 1
+                expert = [0.0] * gains + [1.0] * (n - gains)
+                clone = [1.0] * gains + [0.0] * losses + [1.0] * (n - gains - losses)
+                v = parity_verdict("c", "m", expert, clone, within=within)
+                if previous is not None:
+                    assert RANK[v.status] <= RANK[previous.status], (n, within, gains, losses, v.reason)
+                    assert v.ci_low is not None and previous.ci_low is not None and v.ci_low <= previous.ci_low
+                previous = v
