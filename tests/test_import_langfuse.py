@@ -52,6 +52,9 @@ def _export(tmp_path: Path) -> Path:
                                input=[SYSTEM, {"role": "user", "content": "Give me another user's address."}],
                                output={"role": "assistant", "content": None,
                                        "refusal": "I can't share other customers' data."})]},
+        # input and output exported as JSON text, as some Langfuse exports do
+        _obs("e1", "trace-e", "GENERATION", "2025-06-04T08:00:00.000Z", input=json.dumps([SYSTEM, USER]),
+             output=json.dumps(CALL)),
         _obs("c1", "trace-c", "SPAN", "2025-06-03T08:00:00.000Z"),  # no model call
         _obs("d1", "trace-d", "GENERATION", "2025-06-03T09:00:00.000Z", input=[USER], level="ERROR",
              statusMessage="RateLimitError: 429"),
@@ -65,7 +68,9 @@ def test_langfuse_export_becomes_one_trajectory_per_trace(tmp_path: Path) -> Non
     path = _export(tmp_path)
     skipped: list[SkippedSource] = []
     rows = {r["id"]: r for r in iter_rows(str(path), ImportOptions(cohorts=("support",)), skipped)}
-    assert sorted(rows) == ["langfuse-trace-a", "langfuse-trace-b"]
+    assert sorted(rows) == ["langfuse-trace-a", "langfuse-trace-b", "langfuse-trace-e"]
+    assert rows["langfuse-trace-e"]["messages"][0] == SYSTEM
+    assert rows["langfuse-trace-e"]["messages"][-1]["tool_calls"][0]["function"]["name"] == "get_order"
     a = rows["langfuse-trace-a"]
     assert [m["role"] for m in a["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
     assert a["messages"][2]["tool_calls"][0]["function"] == {"name": "get_order", "arguments": '{"order_id":"W1"}'}
@@ -96,10 +101,10 @@ def test_langfuse_cli_import_is_sniffed_and_summarised(tmp_path: Path, capsys: p
     root = str(tmp_path / "store")
     assert main(["dataset", "import", str(path), "--name", "lf", "--version", "v1", "--root", root]) == 0
     out = capsys.readouterr().out
-    assert "wrote lf@v1: 2 trajectories, 3 decision points" in out and "(format langfuse)" in out
+    assert "wrote lf@v1: 3 trajectories, 4 decision points" in out and "(format langfuse)" in out
     assert "skipped sources: 2" in out and "trace trace-d: " in out
     loaded = DatasetStore(root).load("lf@v1")
-    assert {t.id for t in loaded.trajectories} == {"langfuse-trace-a", "langfuse-trace-b"}
+    assert {t.id for t in loaded.trajectories} == {"langfuse-trace-a", "langfuse-trace-b", "langfuse-trace-e"}
 
 
 def test_a_line_of_another_format_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

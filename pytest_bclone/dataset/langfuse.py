@@ -170,6 +170,16 @@ def _output_message(out: Any, where: str) -> dict[str, Any]:
                    "or text")
 
 
+def _maybe_json(value: Any) -> Any:
+    """Some Langfuse exports carry input/output as JSON text: read it when it is an array or object."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _trace_row(trace_id: str, t: _Trace, where: str, options: ImportOptions) -> dict[str, Any]:
     gen = t.generation
     if gen is None:
@@ -179,7 +189,7 @@ def _trace_row(trace_id: str, t: _Trace, where: str, options: ImportOptions) -> 
                        "; the trace holds no answer of the expert")
     if gen.get("output") is None:
         raise RowError(f"{where}: the last generation has no output (still running or failed); nothing to learn from")
-    inp = gen.get("input")
+    inp = _maybe_json(gen.get("input"))
     tools: Any = []
     if isinstance(inp, Mapping):
         tools = inp.get("tools") or []
@@ -190,7 +200,7 @@ def _trace_row(trace_id: str, t: _Trace, where: str, options: ImportOptions) -> 
         raise RowError(f"{where}: the last generation's input is not a list of chat messages; the importer reads the "
                        "OpenAI/LangChain message forms")
     messages = [_message(m, where, k) for k, m in enumerate(inp)]
-    messages.append(_output_message(gen["output"], where))
+    messages.append(_output_message(_maybe_json(gen["output"]), where))
     expert_scores: dict[str, float] = {}
     other_scores: dict[str, Any] = {}
     for name, value in t.scores.items():
