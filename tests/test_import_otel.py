@@ -470,3 +470,18 @@ def test_traceai_fi_span_kind_and_trajectory_steps(traces: dict[str, Path], tmp_
     assert skipped == []
     assert {r["id"]: essence(r["messages"]) for r in rows} == {r["id"]: essence(r["messages"]) for r in want}
     assert {r["metadata"]["convention"] for r in rows} == {"traceai"}
+
+
+def test_genai_json_attributes_stored_as_nested_objects(traces: dict[str, Path], tmp_path: Path) -> None:
+    """Exporters that decode JSON attributes (Phoenix and others) give the same rows."""
+    source = traces["openllmetry"] / "spans.jsonl"
+    want, _ = _import(source)
+    spans = [json.loads(line) for line in source.read_text().splitlines()]
+    for s in spans:
+        for key in ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.definitions"):
+            if key in s["attributes"]:
+                s["attributes"][key] = json.loads(s["attributes"][key])
+    rows, skipped = _import(_write(tmp_path / "nested.jsonl", spans))
+    assert skipped == []
+    assert {r["id"]: (essence(r["messages"]), r["tools"]) for r in rows} == \
+        {r["id"]: (essence(r["messages"]), r["tools"]) for r in want}
