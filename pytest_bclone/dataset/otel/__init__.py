@@ -12,7 +12,9 @@ see :mod:`.spans`. Each span is read by the first convention that knows it:
   ``gen_ai.output.messages`` with parts, or the older message events.
 
 Spans are grouped by trace, or by session when a span names one (``session.id``,
-``gen_ai.conversation.id``). Memory stays bounded by the spans of the groups in flight: a first pass
+``gen_ai.conversation.id``). An app instrumented only at the model client, with no span around a
+conversation, exports each model call as its own trace: every call then becomes a row holding the
+conversation up to it; wrap each conversation in a span, or set a session id, to get one row. Memory stays bounded by the spans of the groups in flight: a first pass
 notes where each group's last span is, the second emits a group as soon as its last span is read.
 The LLM calls of a group are ordered by ``agent.trajectory.step`` when every one has it, else by
 start time. Each call sees the conversation so far, so the **last** call's input plus its output is
