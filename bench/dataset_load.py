@@ -1,16 +1,20 @@
 """Benchmark: load + verify + decision-point derivation of a large dataset version.
 
 Builds 100,000 trajectories (10 assistant turns each: 1,000,000 decision points) in a temporary
-store, then times, each in a fresh subprocess so peak memory is its own:
+store, then times, each in a fresh subprocess so peak memory is its own, modes alternating:
 
-  ours       DatasetStore.load (read, sha256 of every file, Parquet parse, Trajectory objects)
-             + every decision point derived
-  ours+state the same, then every state's messages materialised (a full JSON parse)
-  baseline   bare pyarrow.parquet.read_table of the same data files
+  baseline     bare ``pyarrow.parquet.read_table`` of the same data files, every table kept (the
+               dataset in memory: what a load has to hold at the end)
+  base-stream  the same, each table dropped after reading (the older, smaller baseline: the peak
+               of one file)
+  ours         DatasetStore.load (read, sha256 of every file, manifest fingerprint, Parquet parse,
+               schema/row/count/toolset checks, Trajectory records) + every decision point derived
+  ours-load    DatasetStore.load alone
+  ours+state   ours, then every state's messages materialised (a full JSON parse)
 
-and prints wall times, ratios against the baseline, and peak RSS.
+and prints the best wall time of ``--repeat`` runs, ratios against both baselines, and peak RSS.
 
-    python bench/dataset_load.py [--trajectories 100000] [--repeat 3]
+    python bench/dataset_load.py [--trajectories 100000] [--repeat 3] [--root DIR]
 """
 
 from __future__ import annotations
@@ -27,14 +31,20 @@ CHILD = r"""
 import json, sys, time, glob
 mode, root = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
-if mode == "baseline":
+points = None
+if mode in ("baseline", "base-stream"):
     import pyarrow.parquet as pq
-    rows = sum(pq.read_table(p).num_rows for p in sorted(glob.glob(root + "/bench/v1/*.parquet")))
-    points = None
+    files = sorted(glob.glob(root + "/bench/v1/*.parquet"))
+    if mode == "baseline":
+        tables = [pq.read_table(p) for p in files]
+        rows = sum(t.num_rows for t in tables)
+    else:
+        rows = sum(pq.read_table(p).num_rows for p in files)
 else:
     from pytest_bclone.dataset.store import DatasetStore
     v = DatasetStore(root).load("bench@v1")
-    points = [p for t in v.trajectories for p in t.decision_points()]
+    if mode != "ours-load":
+        points = [p for t in v.trajectories for p in t.decision_points()]
     if mode == "ours+state":
         n = sum(len(p.state.messages) for p in points)
     rows = len(v.trajectories)
@@ -44,18 +54,19 @@ peak_mb = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(json.dumps({"rows": rows, "points": None if points is None else len(points), "s": elapsed, "peak_mb": peak_mb}))
 """
 
+MODES = ("baseline", "base-stream", "ours", "ours-load", "ours+state")
+
 
 def build(root: str, n: int) -> float:
     """Write the synthetic version; returns seconds taken."""
     from pytest_bclone.dataset.store import DatasetStore
-    from pytest_bclone.records import Trajectory
 
     tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {
         "order_id": {"type": "string"}, "reason": {"type": "string", "default": "customer request"}}}}}
         for name in ("get_order", "get_customer", "cancel_order", "return_items", "exchange_items",
                      "change_address", "transfer_to_human_agents")]
 
-    def trajectory(i: int) -> Trajectory:
+    def trajectory(i: int) -> dict:
         msgs: list[dict] = [{"role": "system", "content": "You are a retail support agent. Follow the policy."},
                             {"role": "user", "content": f"Hi, I need help with order W{i:07d}."}]
         for step in range(9):
@@ -66,12 +77,11 @@ def build(root: str, n: int) -> float:
                  "function": {"name": name, "arguments": json.dumps({"order_id": f"W{i:07d}"})}}]})
             msgs.append({"role": "tool", "tool_call_id": cid, "content": json.dumps({"status": "ok", "step": step})})
         msgs.append({"role": "assistant", "content": f"All done with W{i:07d}. Anything else?"})
-        return Trajectory(f"b{i:07d}", ("common_intents",) if i % 5 else ("long_tail",),
-                          "eval" if i % 5 == 0 else "train", msgs, tools)
+        return {"id": f"b{i:07d}", "cohorts": ["common_intents"] if i % 5 else ["long_tail"],
+                "split": "eval" if i % 5 == 0 else "train", "messages": msgs, "tools": tools}
 
     t0 = time.perf_counter()
-    DatasetStore(root).write_version("bench", "v1", (trajectory(i) for i in range(n)), validate=False,
-                                     source="bench")
+    DatasetStore(root).write_version_stream("bench", "v1", (trajectory(i) for i in range(n)), source="bench")
     return time.perf_counter() - t0
 
 
@@ -83,20 +93,32 @@ def run_child(mode: str, root: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trajectories", type=int, default=100_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the best time is kept")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode, modes alternating; the best time is kept")
+    ap.add_argument("--root", default=None, help="reuse (or build once into) this directory instead of a temp dir")
+    ap.add_argument("--skip-state", action="store_true", help="skip the slow ours+state mode")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        built = build(root, args.trajectories)
-        size = sum(os.path.getsize(os.path.join(root, "bench/v1", f)) for f in os.listdir(os.path.join(root, "bench/v1")))
-        print(f"built {args.trajectories} trajectories in {built:.1f} s; {size / 1e6:.1f} MB on disk")
-        results = {}
-        for mode in ("baseline", "ours", "ours+state"):
-            runs = [run_child(mode, root) for _ in range(args.repeat)]
-            results[mode] = min(runs, key=lambda r: r["s"])
-        base = results["baseline"]["s"]
-        print(f"{'mode':<12}{'seconds':>9}{'x baseline':>12}{'peak RSS MB':>13}{'decision points':>17}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or tmp
+        if not os.path.exists(os.path.join(root, "bench", "v1", "manifest.json")):
+            built = build(root, args.trajectories)
+            print(f"built {args.trajectories} trajectories in {built:.1f} s")
+        vdir = os.path.join(root, "bench/v1")
+        size = sum(os.path.getsize(os.path.join(vdir, f)) for f in os.listdir(vdir))
+        print(f"{size / 1e6:.1f} MB on disk")
+        modes = [m for m in MODES if not (args.skip_state and m == "ours+state")]
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.repeat):  # alternate, so a burst of load on a shared machine hits every mode
+            for mode in modes:
+                runs[mode].append(run_child(mode, root))
+        results = {m: min(r, key=lambda x: x["s"]) for m, r in runs.items()}
+        peaks = {m: min(x["peak_mb"] for x in r) for m, r in runs.items()}
+        base, stream = results["baseline"], results["base-stream"]
+        print(f"{'mode':<12}{'seconds':>9}{'x baseline':>12}{'x stream':>10}{'peak RSS MB':>13}{'x base':>8}"
+              f"{'x stream':>10}{'decision points':>17}")
         for mode, r in results.items():
-            print(f"{mode:<12}{r['s']:>9.2f}{r['s'] / base:>12.2f}{r['peak_mb']:>13.0f}{r['points'] or '-':>17}")
+            print(f"{mode:<12}{r['s']:>9.2f}{r['s'] / base['s']:>12.2f}{r['s'] / stream['s']:>10.2f}"
+                  f"{peaks[mode]:>13.0f}{peaks[mode] / peaks['baseline']:>8.2f}{peaks[mode] / peaks['base-stream']:>10.2f}"
+                  f"{r['points'] or '-':>17}")
 
 
 if __name__ == "__main__":

@@ -330,7 +330,8 @@ def _row_values(row: Any, where: str) -> _RowValues:
                          "give the OpenAI chat messages of the trajectory")
     steps = []
     for k, m in enumerate(messages):
-        role = m.get("role") if isinstance(m, Mapping) else None
+        # ``type(m) is dict`` first: the ABC check costs more than the rest of the loop.
+        role = m.get("role") if type(m) is dict or isinstance(m, Mapping) else None
         if role not in _ROLES:
             raise _row_error(where, rid, f"messages[{k}]", f"{m!r:.80} has no valid role",
                              f"each message is an object with role one of {', '.join(sorted(_ROLES))}")
@@ -341,7 +342,7 @@ def _row_values(row: Any, where: str) -> _RowValues:
                          "drop the row or include the expert's turns")
     tools = row.get("tools")
     tools = [] if tools is None else tools
-    if not isinstance(tools, (list, tuple)) or not all(isinstance(t, Mapping) for t in tools):
+    if not isinstance(tools, (list, tuple)) or not all(type(t) is dict or isinstance(t, Mapping) for t in tools):
         raise _row_error(where, rid, "tools", "is not a list of tool definitions (objects)",
                          "give the OpenAI tools list, or []")
     expected = row.get("expected")
