@@ -348,6 +348,11 @@ def trajectory_to_row(t: Trajectory) -> dict[str, Any]:
     }
 
 
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time, which
+# costs about as much as encoding a small tool-call argument object.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: equal values give equal text (hashes, diffs)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL(value)
