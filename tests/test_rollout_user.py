@@ -34,7 +34,7 @@ from pytest_bclone.agents.user import (
 )
 from pytest_bclone.cache import ModelCache
 from pytest_bclone.config import BcloneConfig
-from pytest_bclone.errors import AgentError, CacheMiss
+from pytest_bclone.errors import AgentError, CacheMiss, ModelAccessError
 from pytest_bclone.evaluators import TaskCompletion
 from pytest_bclone.records import Action, ExpectedOutcome, Message, State, ToolCall, Trajectory
 from pytest_bclone.replay import RolloutResult, run_rollouts
@@ -370,6 +370,15 @@ def test_llm_user_failures_are_failed_calls_and_errored_episodes_never_clone_mis
     again = llm_run(llm_config(server, tmp_path))
     assert again.episode("clone", "refund-1").error is None
     assert again.user_totals()["clone"].cached == 6
+
+
+def test_an_llm_user_refused_access_stops_the_run(server: OpenAIServer, script: Script, tmp_path: Path) -> None:
+    script.default = lambda request: Reply(status=401)
+    with pytest.raises(ModelAccessError) as info:
+        llm_run(llm_config(server, tmp_path), DATASET[:1])
+    assert str(info.value).startswith(f"the user openai/user-sim at {server.base_url} cannot be used: HTTP 401")
+    assert "sk-user-secret" not in str(info.value)
+    assert server.request_count == 1  # never retried
 
 
 def test_an_llm_user_is_deterministic_under_a_seed(server: OpenAIServer, script: Script, tmp_path: Path) -> None:

@@ -427,7 +427,7 @@ def make_users(
         raise AgentError(f"{source}={spec!r} is not a user spec: expected {ACCEPTED}; litellm cannot route it ({reason})")
     agent = LitellmAgent(
         spec, params=params, cache=cache if cache is not None else ModelCache.from_config(config),
-        retry=retry if retry is not None else RetryPolicy.from_config(config), prices=config.price,
+        retry=retry if retry is not None else RetryPolicy.from_config(config), prices=config.price, role="user",
     )
     return LlmUsers(agent, hook)
 
