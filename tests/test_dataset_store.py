@@ -457,3 +457,18 @@ def test_s3_write_failing_or_killed_mid_write_leaves_no_version_blocking_the_nam
     assert len(v.trajectories) == 12
     files = store.fs.get_file_info(st.pafs.FileSelector(f"{store.root}/support/v2"))
     assert sorted(i.base_name for i in files) == sorted(["manifest.json", *(f["path"] for f in v.manifest["files"])])
+
+
+def test_loading_parses_no_messages_until_a_state_is_used(tmp_path, rows):
+    import pickle
+
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    v = store.load("v1")
+    points = [p for t in v.trajectories for p in t.decision_points()]
+    assert len(points) == 24
+    assert all(t.messages._items is None for t in v.trajectories)  # decision points came from the steps column
+    t = v.trajectories[1]
+    copy = pickle.loads(pickle.dumps(t.messages))
+    assert len(pickle.dumps(t.messages)) < 2 * len(t.messages.text) + 200  # its own row, not the column
+    assert list(copy) == rows[1]["messages"] == list(t.messages)

@@ -159,6 +159,10 @@ class LazyMessages(Sequence[Message]):
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: unhashable like a list
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle (or deep-copy) the row's own JSON text, never the whole Arrow column it points into.
+        return (LazyMessages, (self.text,))
+
     def __repr__(self) -> str:
         return f"LazyMessages({len(self)} messages)"
 
