@@ -582,11 +582,11 @@ def _clean_message(m: Any, where: str, k: int) -> dict[str, Any]:
             msg.pop("tool_calls", None)
         else:
             msg["tool_calls"] = [
-                {"id": tc.get("id"), "type": "function",
+                {"id": str(tc.get("id") or f"call_{k}_{j}"), "type": "function",
                  "function": {"name": (tc.get("function") or {}).get("name"),
                               "arguments": (tc.get("function") or {}).get("arguments", "{}")}}
                 if isinstance(tc, Mapping) else tc
-                for tc in m["tool_calls"]
+                for j, tc in enumerate(m["tool_calls"])
             ]
     elif msg.get("role") in ("system", "user", "tool"):
         msg.setdefault("content", "")
