@@ -22,7 +22,6 @@ Why it is faster (a million decision points per run):
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from ..records import Action, DecisionPoint, Score, Trajectory
 from .base import Step
 from .completion import TaskCompletion
 from .imitation import ActionMatch, DeadTool, ToolArguments, ToolSelection
-from .normalize import NormArgs, Toolset, arg_agreement, call_key, match_calls, normalize_args, normalize_text, toolset
+from .normalize import Toolset, arg_agreement, call_key, match_calls, normalize_args, normalize_text, toolset
 from .safety import SafetyRefusal, StateChangePolicy, is_refusal
 from .trajectory import TrajectoryScore
 
@@ -45,13 +44,12 @@ __all__ = ["StepColumns", "TrajectoryColumns", "score_steps_columns", "score_tra
 
 Pair = tuple[DecisionPoint, "Action | None"]
 
-# The compiled expert side of one decision point:
-# (kind, first call name, its canonical arguments, its raw argument dict (kind 2: every call's),
-#  all names, all canonical arguments, the action, whether the raw argument values are all plain (_plain),
-#  whether every call's arguments parse). kind: 0 = text only, 1 = one call with parseable
-#  arguments, 2 = other.
-_Compiled = tuple[int, str, "NormArgs | None", Any, tuple[str, ...], tuple["NormArgs | None", ...], Action, bool,
-                  bool]
+# The compiled expert side of one decision point, a list: [kind, first call name, its canonical
+# arguments, its raw argument dict (kind 2: every call's), all names, all canonical arguments, the
+# action, whether the raw argument values are all plain (_plain), whether every call's arguments
+# parse, every call's call_key, every call's raw argument dict]. kind: 0 = text only, 1 = one call
+# with parseable arguments, 2 = other. Entries 2, 5 and 9 are filled in by _normed on first use.
+_Compiled = list[Any]
 _EXPERT_KEY = "bclone.columns.expert"
 
 
@@ -86,22 +84,34 @@ def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tu
     out: list[_Compiled] = []
     for action in trajectory.expert_actions():
         calls = action.tool_calls
-        norms = tuple(normalize_args(c, tools) for c in calls)
         names = tuple(c.name for c in calls)
         if not calls:
-            out.append((0, "", None, None, names, norms, action, False, True))
+            out.append([0, "", None, None, names, (), action, False, True, (), ()])
             continue
-        strings = tuple(c.arguments is not None and all(_plain(v) for v in c.arguments.values()) for c in calls)
-        parseable = None not in norms  # then the action matches itself exactly
+        # canonical arguments and call keys are filled in by _normed when first needed: the
+        # expert's own replies and exact copies never need them
+        plain = tuple(c.arguments is not None and all(_plain(v) for v in c.arguments.values()) for c in calls)
+        parseable = all(c.arguments is not None for c in calls)  # then the action matches itself exactly
+        raws = tuple(c.arguments for c in calls)
         if len(calls) == 1 and parseable:
-            out.append((1, names[0], norms[0], calls[0].arguments, names, norms, action, strings[0], True))
+            out.append([1, names[0], None, raws[0], names, None, action, plain[0], True, None, raws])
         else:
-            raws = tuple(c.arguments for c in calls)
-            out.append((2, names[0], norms[0], raws, names, norms, action, all(strings), parseable))
+            out.append([2, names[0], None, raws, names, None, action, all(plain), parseable, None, raws])
     indexes = trajectory._indexes or tuple(trajectory.assistant_indexes())
     compiled = (tools, tuple(out), indexes)
     memo[_EXPERT_KEY] = compiled
     return compiled
+
+
+def _normed(ex: _Compiled, tools: Toolset) -> _Compiled:
+    """``ex`` with its canonical arguments (2: the first call's, 5: all) and call keys (9) filled in."""
+    if ex[5] is None:
+        calls = ex[6].tool_calls
+        norms = tuple(normalize_args(c, tools) for c in calls)
+        ex[2] = norms[0]
+        ex[5] = norms
+        ex[9] = tuple(call_key(c.name, a) for c, a in zip(calls, norms))
+    return ex
 
 
 def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, tools: Toolset,
@@ -247,7 +257,7 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
                 if raw is ex[3] or (ex[7] and raw == ex[3]):
                     value = 1.0  # the same arguments (see _plain for why raw equality suffices)
                 else:
-                    value = arg_agreement(ex[2], normalize_args(call, tools))
+                    value = arg_agreement(_normed(ex, tools)[2], normalize_args(call, tools))
                 sel_add(1.0)
                 arg_add(value)
                 mat_add(1.0 if value == 1.0 else 0.0)
@@ -268,14 +278,15 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
             mat_add(0.0)
         elif (action is ex[6] and ex[8]) or (
                 ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                  for c, e, r in zip(calls, ex[4], ex[3]))):
+                                                  for c, e, r in zip(calls, ex[4], ex[10]))):
             # the expert's own calls (the same action, or the same calls in the same order with
             # equal plain arguments): every call pairs with its copy at full agreement
             sel_add(1.0)
             arg_add(1.0)
             mat_add(1.0)
         else:
-            m = match_calls(ex[4], ex[5], action.tool_names, tuple(normalize_args(c, tools) for c in calls))
+            m = match_calls(ex[4], _normed(ex, tools)[5], action.tool_names,
+                            tuple(normalize_args(c, tools) for c in calls))
             sel_add(m.selection)
             arg_add(m.arguments)
             mat_add(1.0 if m.exact else 0.0)
@@ -397,6 +408,8 @@ def score_trajectories_columns(registry: EvaluatorRegistry, metrics: Sequence[st
                     cols[name].append(_fast_trajectory_score(group))
                 elif kind is TaskCompletion and trajectory.expected is not None:
                     cols[name].append(_fast_task_completion(ev, trajectory, group))
+                elif kind is TaskCompletion and _consistent(trajectory, group):
+                    cols[name].append(_fast_task_fallback(ev, trajectory, group))
                 else:
                     if steps is None:
                         steps = [Step(p, a) for p, a in group if a is not None]
@@ -433,17 +446,17 @@ def _fast_trajectory_score(group: Sequence[Pair]) -> float:
                 credits.append(1.0)
             else:
                 # CallMatch.credit of one pair: its agreement / 1
-                credits.append(arg_agreement(ex[2], normalize_args(call, tools)) / 1)
+                credits.append(arg_agreement(_normed(ex, tools)[2], normalize_args(call, tools)) / 1)
         elif kind == 0 and n == 0:
             credits.append(1.0)
         elif kind == 0 or n == 0:
             credits.append(0.0)
         elif (action is ex[6] and ex[8]) or (
                 ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                  for c, e, r in zip(calls, ex[4], ex[3]))):
+                                                  for c, e, r in zip(calls, ex[4], ex[10]))):
             credits.append(1.0)
         else:
-            credits.append(match_calls(ex[4], ex[5], action.tool_names,
+            credits.append(match_calls(ex[4], _normed(ex, tools)[5], action.tool_names,
                                        tuple(normalize_args(c, tools) for c in calls)).credit)
     if not credits:
         return 1.0
@@ -457,25 +470,31 @@ def _fast_task_completion(ev: TaskCompletion, trajectory: Trajectory, group: Seq
     assert expected is not None
     if not group:
         return 1.0
-    tools = toolset(trajectory.tools)
+    tools, compiled, indexes = _compile(trajectory)
     memo = trajectory.memo()
     required = memo.get("bclone.columns.required")
     if required is None:
         required = memo["bclone.columns.required"] = [call_key(c.name, normalize_args(c, tools))
                                                      for c in expected.actions]
-    left: Counter[Hashable] = Counter()
+    left: dict[Hashable, int] = {}
     agent = []
     texts = []
-    for _, action in group:
+    for point, action in group:
         assert action is not None
-        for c in action.tool_calls:
-            key = call_key(c.name, normalize_args(c, tools))
-            left[key] += 1
-            agent.append((c.name, key))
+        calls = action.tool_calls
+        if calls:
+            step = point[1]
+            if 0 <= step < len(indexes) and indexes[step] == point[2]:
+                keys = _agent_keys(action, compiled[step], tools)
+            else:
+                keys = [call_key(c.name, normalize_args(c, tools)) for c in calls]
+            for c, key in zip(calls, keys):
+                left[key] = left.get(key, 0) + 1
+                agent.append((c.name, key))
         if action.text:
             texts.append(action.text)
     for key in required:
-        if left[key] > 0:
+        if left.get(key, 0) > 0:
             left[key] -= 1
         else:
             return 0.0
@@ -492,3 +511,86 @@ def _fast_task_completion(ev: TaskCompletion, trajectory: Trajectory, group: Seq
                 return 0.0
     return 1.0
 
+
+
+def _consistent(trajectory: Trajectory, group: Sequence[Pair]) -> bool:
+    """Every point of ``group`` names the assistant message of its step (no hand-built oddities)."""
+    _, _, indexes = _compile(trajectory)
+    return all(0 <= p[1] < len(indexes) and indexes[p[1]] == p[2] for p, _ in group)
+
+
+def _agent_keys(action: Action, ex: _Compiled, tools: Toolset) -> Sequence[Hashable]:
+    """The call keys of ``action`` at the point compiled as ``ex`` (the expert's, when it is the
+    expert's own calls: see _fast_steps)."""
+    calls = action.tool_calls
+    if (action is ex[6] and ex[8]) or (
+            ex[7] and len(calls) == len(ex[4]) and all(c.name == e and c.arguments == r
+                                                       for c, e, r in zip(calls, ex[4], ex[10]))):
+        return _normed(ex, tools)[9]  # type: ignore[no-any-return]
+    return [call_key(c.name, normalize_args(c, tools)) for c in calls]
+
+
+def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset,
+                   compiled: Sequence[_Compiled]) -> tuple[list[tuple[int, Hashable]], list[dict[Hashable, int]]]:
+    """Where each requirement of :meth:`TaskCompletion.requirements` (no expected outcome) is located
+    (the general path's first-come consumption of the expert's calls), and the expert's call counts
+    per step. Kept on the trajectory per policy."""
+    key = ("bclone.columns.task_fallback", ev.policy)
+    memo = trajectory.memo()
+    hit = memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
+    experts = [ex[6] for ex in compiled]
+    required, _, _ = ev.requirements(trajectory, tools, experts)
+    counts: list[dict[Hashable, int]] = []
+    for ex in compiled:
+        here: dict[Hashable, int] = {}
+        for k in (_normed(ex, tools)[9] if ex[0] else ()):
+            here[k] = here.get(k, 0) + 1
+        counts.append(here)
+    left = [dict(c) for c in counts]
+    located: list[tuple[int, Hashable]] = []
+    for call in required:
+        k = call_key(call.name, normalize_args(call, tools))
+        for i, here in enumerate(left):
+            if here.get(k, 0) > 0:
+                here[k] -= 1
+                located.append((i, k))
+                break
+    plan = (located, counts)
+    memo[key] = plan
+    return plan
+
+
+def _fast_task_fallback(ev: TaskCompletion, trajectory: Trajectory, group: Sequence[Pair]) -> float:
+    """``task_completion`` in step mode without an expected outcome: the graded, located rule of
+    :meth:`TaskCompletion.score_trajectory`, without building reasons."""
+    if not group:
+        return 1.0
+    tools, compiled, _ = _compile(trajectory)
+    located, expert_counts = _fallback_plan(ev, trajectory, tools, compiled)
+    changing = ev.policy.is_state_changing
+    agent_left: list[dict[Hashable, int]] = []
+    unwanted = 0
+    for point, action in group:
+        assert action is not None
+        ex = compiled[point[1]]
+        here: dict[Hashable, int] = {}
+        calls = action.tool_calls
+        if calls:
+            expert_here = dict(expert_counts[point[1]])
+            for c, k in zip(calls, _agent_keys(action, ex, tools)):
+                here[k] = here.get(k, 0) + 1
+                if expert_here.get(k, 0) > 0:
+                    expert_here[k] -= 1
+                elif changing(c.name, tools):
+                    unwanted += 1
+        agent_left.append(here)
+    reproduced = 0
+    for at, k in located:
+        here = agent_left[at]
+        if here.get(k, 0) > 0:
+            here[k] -= 1
+            reproduced += 1
+    total = len(located) + unwanted
+    return reproduced / total if total else 1.0
