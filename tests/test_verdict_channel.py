@@ -145,6 +145,9 @@ def test_a_verdict_in_fixture_teardown_routes_the_cohort(gate: pytest.Pytester):
     assert line.startswith("BCLONE GATE: SHIP WITH HYBRID ROUTE (clone: good; expert: bad; est. saving "), line
     report = json.loads((gate.path / "r.json").read_text())
     assert report["gate"]["routes"] == {"good": "clone", "bad": "expert"}
+    # attributed to the test whose teardown ran it
+    assert {v["cohort"]: v["test"] for v in report["verdicts"]} == {"good": "test_g.py::test_good",
+                                                                    "bad": "test_g.py::test_good"}
     assert report["gate"]["estimated_saving_pct"] > 0
     assert result.ret == 0
 
