@@ -302,13 +302,15 @@ def _truncate_and_rehash(version_dir, keep):
         (lambda d: (d / "manifest.json").write_text("{not json"), r"manifest.json is not valid JSON"),
         (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe\x00binary"), r"manifest.json is not valid JSON"),
         (lambda d: (d / "manifest.json").write_text("[1, 2]"), r"manifest.json is a JSON list, not an object"),
+        (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace('"rows": 12', '"rows": NaN')),
+         r"manifest.json is not valid JSON \(NaN is not a JSON value"),
         (lambda d: _edit_manifest(d, lambda m: m.pop("files"), refingerprint=True), r"has no 'files' list"),
         (lambda d: (d / "data-00000.parquet").unlink(), r"data-00000.parquet listed in manifest.json is missing"),
         (lambda d: (d / "data-00000.parquet").write_bytes((d / "data-00000.parquet").read_bytes()[:500]),
          r"data-00000.parquet has 500 bytes but manifest.json records \d+: it was truncated"),
         (lambda d: _truncate_and_rehash(d, 500), r"data-00000.parquet is not a readable Parquet file .* truncated"),
     ],
-    ids=["not-json", "binary", "list", "no-files", "deleted", "truncated", "truncated-rehashed"],
+    ids=["not-json", "binary", "list", "nan", "no-files", "deleted", "truncated", "truncated-rehashed"],
 )
 def test_a_damaged_version_is_one_integrity_error_naming_the_file(tmp_path, rows, damage, message):
     store = DatasetStore(str(tmp_path))
@@ -472,3 +474,100 @@ def test_loading_parses_no_messages_until_a_state_is_used(tmp_path, rows):
     copy = pickle.loads(pickle.dumps(t.messages))
     assert len(pickle.dumps(t.messages)) < 2 * len(t.messages.text) + 200  # its own row, not the column
     assert list(copy) == rows[1]["messages"] == list(t.messages)
+
+
+# -- fuzzing the manifest: any edit is an IntegrityError or is visible in the fingerprint ---------------------
+def _json_paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _json_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _json_paths(v, (*prefix, i))
+
+
+def test_fuzzed_manifests_never_crash_the_load(tmp_path_factory):
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pytest_bclone.dataset.store import manifest_fingerprint
+    from pytest_bclone.errors import DatasetError
+
+    from .conftest import make_row
+
+    base = tmp_path_factory.mktemp("fuzz-base")
+    original = DatasetStore(str(base)).write_version("support", "v1", [make_row(i) for i in range(4)])
+    paths = [p for p in _json_paths(original) if p]
+    leaves = st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                                 max_size=3), max_leaves=6)
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(paths), value=values, refingerprint=st.booleans())
+    def check(path, value, refingerprint):
+        work = tmp_path_factory.mktemp("fuzz")
+        shutil.copytree(base / "support", work / "support")
+        manifest = json.loads((work / "support/v1/manifest.json").read_text())
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        if refingerprint:
+            manifest["fingerprint"] = manifest_fingerprint(manifest)
+        (work / "support/v1/manifest.json").write_text(json.dumps(manifest))
+        try:
+            v = DatasetStore(str(work)).load("support@v1")
+        except DatasetError as exc:
+            assert "manifest.json" in str(exc) or "data file" in str(exc)
+            return
+        # Loaded: the edit was a no-op, or touched what no data can vouch for (lineage, created,
+        # parent) and then the fingerprint itself changed.
+        same = manifest_fingerprint(manifest) == original["fingerprint"]
+        assert same or (refingerprint and path[0] in ("lineage", "created", "parent")), (path, value)
+        assert v.fingerprint_sha256 == manifest["fingerprint"]
+
+    check()
+
+
+def test_fuzzed_data_files_with_their_hashes_updated_never_crash_load_or_verify(tmp_path_factory):
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pytest_bclone.dataset.store import manifest_fingerprint
+    from pytest_bclone.errors import DatasetError
+
+    from .conftest import make_row
+
+    base = tmp_path_factory.mktemp("fuzz-data")
+    DatasetStore(str(base)).write_version("support", "v1", [make_row(i) for i in range(4)])
+    size = (base / "support/v1/data-00000.parquet").stat().st_size
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(flips=st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=4),
+           cut=st.none() | st.integers(0, size))
+    def check(flips, cut):
+        work = tmp_path_factory.mktemp("fuzz")
+        shutil.copytree(base / "support", work / "support")
+        data = work / "support/v1/data-00000.parquet"
+        raw = bytearray(data.read_bytes())
+        for pos, mask in flips:
+            raw[pos] ^= mask
+        raw = bytes(raw[:cut] if cut is not None else raw)
+        data.write_bytes(raw)
+        manifest = json.loads((work / "support/v1/manifest.json").read_text())
+        manifest["files"][0].update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw))
+        manifest["fingerprint"] = manifest_fingerprint(manifest)
+        (work / "support/v1/manifest.json").write_text(json.dumps(manifest))
+        store = DatasetStore(str(work))
+        try:
+            store.load("support@v1")
+        except DatasetError as exc:
+            assert "data-00000.parquet" in str(exc) or "manifest.json" in str(exc)
+        store.verify("support@v1")  # collects problems; never raises for a damaged version
+
+    check()

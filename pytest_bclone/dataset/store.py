@@ -103,6 +103,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _no_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which are not JSON (and cannot be fingerprinted).
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
     """The sha256 of a manifest's canonical content without its ``fingerprint`` field.
 
@@ -507,12 +512,14 @@ def _manifest_shape_problems(m: Any, where: str) -> list[str]:
     out = []
     if m.get("format") != MANIFEST_FORMAT:
         out.append(f"{where}: format is {m.get('format')!r}, expected {MANIFEST_FORMAT!r}: not a dataset manifest{fix}")
-    if m.get("schema_version") != SCHEMA_VERSION:
+    if type(m.get("schema_version")) is not int or m["schema_version"] != SCHEMA_VERSION:
         out.append(f"{where}: schema_version {m.get('schema_version')!r} is not {SCHEMA_VERSION}, the one this "
                    "pytest-bclone reads; use the pytest-bclone that wrote it, or re-import its rows")
     for key in ("name", "version", "created"):
         if not isinstance(m.get(key), str):
             out.append(f"{where}: {key} is {m.get(key)!r}, expected a string{fix}")
+        elif key != "created" and (not _NAME_RE.match(m[key]) or ".." in m[key]):
+            out.append(f"{where}: {key} {m[key]!r} is not a plain name{fix}")
     if m.get("parent") is not None and not isinstance(m.get("parent"), str):
         out.append(f"{where}: parent is {m.get('parent')!r}, expected a version name or null{fix}")
     files = m.get("files")
@@ -530,7 +537,8 @@ def _manifest_shape_problems(m: Any, where: str) -> list[str]:
                            f"directory; refusing to open it{fix}")
             elif p in seen:
                 out.append(f"{where}: files[{k}].path {p!r} is listed twice{fix}")
-            seen.add(p)
+            else:
+                seen.add(p)
             if not isinstance(e.get("sha256"), str) or not _SHA_RE.match(e["sha256"]):
                 out.append(f"{where}: files[{k}].sha256 {e.get('sha256')!r} is not a sha256 hex digest{fix}")
             for key in ("rows", "bytes"):
@@ -937,7 +945,7 @@ class DatasetStore:
         try:
             with self.fs.open_input_stream(where) as f:
                 raw = f.readall()
-            manifest = json.loads(raw.decode("utf-8"))
+            manifest = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             check.fail(IntegrityError(f"{where} is not valid JSON ({exc}): the manifest is damaged; {_RESTORE}"))
             return None
@@ -1001,6 +1009,9 @@ class DatasetStore:
             return None
         try:
             table = pq.read_table(pa.BufferReader(data), read_dictionary=_DICTIONARY_COLUMNS)
+            # Parquet does not check that strings are UTF-8 or offsets sane; a full validation (a few %
+            # of the read) does, so a damaged row fails here rather than as a decode error mid-run.
+            table.validate(full=True)
         except (pa.ArrowException, OSError, ValueError) as exc:
             check.fail(IntegrityError(f"data file {fpath} is not a readable Parquet file ({exc}): it is truncated "
                                       f"or corrupt; {_RESTORE}"))
@@ -1024,7 +1035,8 @@ class DatasetStore:
         data = tally.counts()
         recorded = manifest["counts"]
         for key in ("trajectories", "splits", "decision_points", "cohorts"):
-            if recorded.get(key) != data[key]:
+            # Compared as canonical JSON: in Python True == 1 and 12.0 == 12, in a manifest they differ.
+            if _json(recorded.get(key)) != _json(data[key]):
                 check.fail(IntegrityError(
                     f"{where}: counts.{key} records {json.dumps(recorded.get(key), sort_keys=True)} but the data "
                     f"holds {json.dumps(data[key], sort_keys=True)}; {_RESTORE}"))
