@@ -88,16 +88,14 @@ def iter_rows(path: str, options: ImportOptions, skipped: list[SkippedSource]) -
 
     This is our own row format, so a bad line is an error naming ``file:line`` (not a skipped
     source): a wrong line means a wrong file. Unknown keys are refused unless
-    ``options.keep_unknown_keys`` (then kept under ``metadata.import_extra``). Only the ids
-    seen so far are kept (to name both lines of a duplicate id).
+    ``options.keep_unknown_keys`` (then kept under ``metadata.import_extra``). Nothing is kept
+    per row: duplicate ids are caught by the store's writer (``bclone dataset validate`` names
+    both lines of a duplicate).
     """
-    seen: dict[str, int] = {}
     for lineno, row in iter_openai_jsonl(path, cohorts=options.cohorts, split=options.split,
                                          eval_fraction=options.eval_fraction,
                                          keep_unknown_keys=options.keep_unknown_keys):
-        where = f"{path}:{lineno}"
-        validate_row(row, where)
-        check_unique_id(row["id"], lineno, seen, where)
+        validate_row(row, f"{path}:{lineno}")
         yield row
 
 
