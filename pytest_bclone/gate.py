@@ -265,7 +265,10 @@ def decide(
                 routes[cohort] = "expert"
                 missing.append({"cohort": cohort, "test": test.nodeid, "outcome": outcome})
                 blocking.append(cohort)
-                reasons.append(f"{cohort}: MISSING (gate test {outcome} before its verdict)")
+                # A gate test that failed without asserting parity (a bclone_case check, an error before
+                # the assertion) blocks as a failure; one that never finished leaves its cohort MISSING.
+                reasons.append(f"{cohort}: gate test failed without a verdict" if outcome == "failed"
+                               else f"{cohort}: MISSING (gate test {outcome} before its verdict)")
                 add_step(cohort, "", "missing", "fix_test",
                          f"{test.nodeid} {outcome} before its verdict: fix it and rerun (no verdict blocks)")
             else:

@@ -53,7 +53,8 @@ def test_a_missing_gate_test_blocks_and_names_its_cohort():
         d = decide(verdicts, gate_tests=tests, outcomes={"test_a": "passed", "test_b": "passed", "test_c": outcome},
                    trajectories=TRAJS)
         assert d.decision == "BLOCKED", outcome
-        assert "c: MISSING" in d.line and outcome in d.line
+        assert ("c: gate test failed without a verdict" if outcome == "failed"
+                else f"c: MISSING (gate test {outcome} before its verdict)") in d.line
         assert d.blocking == ("c",) and d.routes["c"] == "expert"
         assert d.missing == ({"cohort": "c", "test": "test_c", "outcome": outcome},)
         assert any(s["status"] == "missing" and s["action"] == "fix_test" for s in d.next_steps)
