@@ -327,7 +327,7 @@ def validate_summary(summary: object, *, source: str = "the report summary") -> 
 
     ``source`` names where the dict came from (``baseline report 'x.json'``) for the message.
     """
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
     if not isinstance(summary, Mapping):
         raise ReportError(
