@@ -252,7 +252,14 @@ def decide(
         with_verdict: dict[str, list[RecordedVerdict]] = {}
         for rec in verdicts:
             with_verdict.setdefault(rec.test, []).append(rec)
-        for test in gate_tests:
+        # A gate test is a collected test with the bclone marker, or any test that produced a verdict.
+        tests = list(gate_tests)
+        known = {t.nodeid for t in tests}
+        for rec in verdicts:
+            if rec.test and rec.test not in known:
+                known.add(rec.test)
+                tests.append(GateTest(rec.test, rec.cohort))
+        for test in tests:
             outcome = outcomes.get(test.nodeid, "not run")
             recs = with_verdict.get(test.nodeid, [])
             if outcome in CLEAN or (outcome == "warned"):
@@ -278,7 +285,6 @@ def decide(
                          f"{test.nodeid} {outcome} after its verdict: fix it and rerun")
         # A crash of a test nobody could identify (its worker died before reporting anything) may
         # have been a gate test: it blocks too.
-        known = {t.nodeid for t in gate_tests}
         for nodeid, outcome in sorted(outcomes.items()):
             if outcome == "crashed" and nodeid not in known and nodeid not in with_verdict:
                 missing.append({"cohort": None, "test": nodeid, "outcome": outcome})

@@ -69,6 +69,13 @@ def test_a_gate_test_failing_after_a_passing_verdict_blocks():
     assert d.decision == "BLOCKED" and "a: gate test error after its verdict" in d.line
 
 
+def test_an_unmarked_test_with_a_verdict_is_a_gate_test_too():
+    # no @pytest.mark.bclone, but it asserted parity, then failed on a plain assert
+    d = decide([_verdict("a", "pass", test="test_plain")], gate_tests=[], outcomes={"test_plain": "failed"},
+               trajectories=TRAJS)
+    assert d.decision == "BLOCKED" and "a: gate test failed after its verdict" in d.line
+
+
 def test_a_test_failing_by_its_own_verdict_is_counted_once():
     d = decide([_verdict("a", "pass"), _verdict("b", "fail", on_fail="route")],
                gate_tests=[GateTest("test_a", "a"), GateTest("test_b", "b")],
