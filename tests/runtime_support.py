@@ -90,7 +90,7 @@ class Faulty:
     hang with the given probabilities, else by ``answer``."""
 
     def __init__(self, answer: Callable[[dict[str, Any]], Reply], *, seed: int, rate_429: float = 0.20,
-                 rate_500: float = 0.05, rate_hang: float = 0.02, hang_s: float = 30.0) -> None:
+                 rate_500: float = 0.05, rate_hang: float = 0.02, hang_s: float = 60.0) -> None:
         self.answer = answer
         self.rng = random.Random(seed)
         self.rates = (rate_429, rate_500, rate_hang)
@@ -118,7 +118,8 @@ class Faulty:
 def make_project(pytester: pytest.Pytester, base_url: str, *, api_key: str = "sk-test-runtime-key",
                  extra_ini: str = "", tests: dict[str, str] | None = None) -> pytest.Pytester:
     """A gate project in ``pytester.path``: dataset ``support@v1``, the clone over HTTP, the tests."""
-    DatasetStore(str(pytester.path / "bclone_datasets")).write_version("support", "v1", rows())
+    if not (pytester.path / "bclone_datasets" / "support" / "v1").exists():
+        DatasetStore(str(pytester.path / "bclone_datasets")).write_version("support", "v1", rows())
     params = {"api_base": base_url, "api_key": api_key}
     pytester.makeini(
         "[pytest]\n"

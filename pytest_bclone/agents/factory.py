@@ -90,6 +90,7 @@ def make_agent(
         cache=cache if cache is not None else ModelCache.from_config(config),
         retry=retry if retry is not None else RetryPolicy.from_config(config),
         prices=config.price,
+        role=role,  # named in the message that stops the run when the provider refuses it
     )
 
 
@@ -99,4 +100,4 @@ def make_judge(config: BcloneConfig) -> LitellmAgent | None:
     if not config.judge:
         return None
     return LitellmAgent(config.judge, cache=ModelCache.from_config(config), retry=RetryPolicy.from_config(config),
-                        prices=config.price)
+                        prices=config.price, role="judge")
