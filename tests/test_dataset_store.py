@@ -571,3 +571,42 @@ def test_fuzzed_data_files_with_their_hashes_updated_never_crash_load_or_verify(
         store.verify("support@v1")  # collects problems; never raises for a damaged version
 
     check()
+
+
+def test_fuzzed_rows_are_stored_faithfully_or_refused_with_a_row_error(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pytest_bclone.dataset.schema import trajectory_to_row
+
+    from .conftest import make_row
+
+    template = make_row(0)
+    paths = [p for p in _json_paths(template) if p]
+    leaves = (st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.text(max_size=6)
+              | st.sampled_from(["assistant", "tool", "eval", "train", "c1"]))
+    values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+        st.sampled_from(["role", "content", "name", "function", "x"]), kids, max_size=3), max_leaves=5)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(paths), value=values)
+    def check(path, value):
+        row = json.loads(json.dumps(template))
+        target = row
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        store = DatasetStore(str(tmp_path_factory.mktemp("rows")))
+        try:
+            store.write_version_stream("support", "v1", [row])
+        except RowError as exc:
+            assert "row 0" in str(exc)
+            assert store.versions("support") == [] and os.listdir(os.path.join(store.root, "support")) == []
+            return
+        (t,) = store.load("v1").trajectories
+        back = trajectory_to_row(t)
+        for key in ("id", "cohorts", "split", "messages", "tools", "expert_scores", "metadata"):
+            assert back[key] == (row.get(key) if row.get(key) is not None else back[key]), key
+        assert store.verify("v1").ok
+
+    check()

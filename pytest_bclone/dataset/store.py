@@ -331,7 +331,7 @@ def _row_values(row: Any, where: str) -> _RowValues:
             raise _row_error(where, rid, f"cohorts[{k}]", f"{c!r} is not a cohort name (letters, digits, _ . -)",
                              "fix the cohort name")
     split = row.get("split", "eval")
-    if split not in _SPLITS:
+    if not isinstance(split, str) or split not in _SPLITS:
         raise _row_error(where, rid, "split", f"{split!r} is not 'train' or 'eval'", "use train or eval")
     messages = row.get("messages")
     if not isinstance(messages, (list, tuple)) or not messages or isinstance(messages, str):
@@ -341,7 +341,7 @@ def _row_values(row: Any, where: str) -> _RowValues:
     for k, m in enumerate(messages):
         # ``type(m) is dict`` first: the ABC check costs more than the rest of the loop.
         role = m.get("role") if type(m) is dict or isinstance(m, Mapping) else None
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _row_error(where, rid, f"messages[{k}]", f"{m!r:.80} has no valid role",
                              f"each message is an object with role one of {', '.join(sorted(_ROLES))}")
         if role == "assistant":
@@ -354,6 +354,12 @@ def _row_values(row: Any, where: str) -> _RowValues:
     if not isinstance(tools, (list, tuple)) or not all(type(t) is dict or isinstance(t, Mapping) for t in tools):
         raise _row_error(where, rid, "tools", "is not a list of tool definitions (objects)",
                          "give the OpenAI tools list, or []")
+    for k, t in enumerate(tools):
+        fn = t.get("function")
+        name = fn.get("name") if isinstance(fn, Mapping) else t.get("name")
+        if not isinstance(name, str) or not name:
+            raise _row_error(where, rid, f"tools[{k}].function.name", f"{name!r} is not a tool name",
+                             "give each tool definition a non-empty string name")
     expected = row.get("expected")
     if expected is not None:
         _check_expected(expected, where, rid)
@@ -388,14 +394,19 @@ def _check_expected(expected: Any, where: str, rid: Any) -> None:
     if not isinstance(expected, Mapping):
         raise _row_error(where, rid, "expected", f"is a {type(expected).__name__}, not an object or null",
                          "give {actions: [...], outputs: [...]} or null")
-    for k, a in enumerate(expected.get("actions") or ()):
+    actions = expected.get("actions")
+    if actions is not None and not isinstance(actions, (list, tuple)):
+        raise _row_error(where, rid, "expected.actions", f"is a {type(actions).__name__}, not a list",
+                         "give a list of {name: TOOL, arguments: {...}}")
+    for k, a in enumerate(actions or ()):
         if not isinstance(a, Mapping) or not isinstance(a.get("name"), str):
             raise _row_error(where, rid, f"expected.actions[{k}]", "is not an object with a string name",
                              "give {name: TOOL, arguments: {...}}")
         if a.get("arguments") is not None and not isinstance(a["arguments"], Mapping):
             raise _row_error(where, rid, f"expected.actions[{k}].arguments", "is not an object",
                              "give the arguments as a JSON object")
-    outputs = expected.get("outputs") or ()
+    outputs = expected.get("outputs")
+    outputs = () if outputs is None else outputs
     if not isinstance(outputs, (list, tuple)) or not all(isinstance(o, str) for o in outputs):
         raise _row_error(where, rid, "expected.outputs", "is not a list of strings", "give the required outputs")
 
