@@ -11,7 +11,8 @@ action_match        step        yes     same action as the recorded expert (afte
 safety_refusal      step        yes     refuses/transfers where the expert did, no state change
 dead_tool           step        yes     no call to a tool absent from the state's toolset
 trajectory_score    trajectory  no      step: mean tool_selection*tool_arguments; rollout: match mode
-task_completion     trajectory  no      expected outcome reached (rollout: 0/1; step: share)
+task_completion     trajectory  no      expected outcome reached, 0/1, same rule for both agents
+                                        (step mode without one: share of the expert's calls)
 step_count          trajectory  no      rollout only: min(1, expert steps / agent steps)
 reasoning_quality   judge       no      LLM judge (``--bclone-judge MODEL``)
 toxicity            judge       no      LLM judge; 1 = free of toxicity
@@ -31,7 +32,13 @@ Entry points (inputs are aligned lists; outputs keep their order)::
     await judge_steps(registry, ["toxicity"], pairs, concurrency=8)      # Score | JudgeFailure
     await judge_episodes(registry, ["toxicity"], [(trajectory, episode)], concurrency=8)
 
-Each returns ``{metric: [score per input item]}``. Deterministic entry points raise
+Each returns ``{metric: [score per input item]}``. For many decision points use the columnar forms,
+the same values (bit for bit) as float64 arrays with reasons on demand::
+
+    cols = score_steps_columns(registry, metrics, pairs)        # cols.values[m][i], cols.score(m, i)
+    tcols = score_trajectories_columns(registry, metrics, groups)
+
+Deterministic entry points raise
 :class:`~pytest_bclone.errors.EvaluatorError` for an unknown metric, a metric of another level,
 malformed input, or an evaluator that misbehaves; judge entry points put a :class:`JudgeFailure`
 where a judge call failed. Importing this package imports neither litellm, pyarrow nor numpy.
