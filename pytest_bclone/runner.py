@@ -127,8 +127,16 @@ class Runner:
     def ensure(self, cohort: str, mode: str) -> None:
         """Replay and score every trajectory of ``cohort`` (and of the declared cohorts) in ``mode``."""
         wanted = {cohort} | self.declared_cohorts[mode]
-        todo = [t for t in self.eval_trajectories
-                if t.id not in self._done[mode] and wanted.intersection(t.cohorts)]
+        self.replay_trajectories(mode, [t for t in self.eval_trajectories if wanted.intersection(t.cohorts)])
+
+    def replayed(self, mode: str) -> set[str]:
+        """Ids of the trajectories replayed and scored in ``mode`` so far."""
+        return set(self._done[mode])
+
+    def replay_trajectories(self, mode: str, trajectories: Sequence[Trajectory]) -> None:
+        """Replay and score those of ``trajectories`` not yet replayed in ``mode`` (the sequential
+        gate's rounds; :meth:`ensure` for whole cohorts)."""
+        todo = [t for t in trajectories if t.id not in self._done[mode]]
         if not todo:
             return
         start = time.monotonic()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .dataset.store import DatasetVersion
     from .evaluators import EvaluatorRegistry
     from .parity import Verdict
+    from .sequential_gate import SequentialRun
 
 __all__ = ["BcloneSession", "RecordedVerdict", "action_for"]
 
@@ -62,6 +63,7 @@ class BcloneSession:
         self.gate_tests: dict[str, GateTest] = {}
         self.outcomes: dict[str, str] = {}
         self._process = process
+        self.sequential_runs: list[SequentialRun] = []  # --bclone-sequential: how each cohort stopped
         self._seq = itertools.count(1)
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -135,12 +137,26 @@ class BcloneSession:
         return self.store.step_items(trajectory_id, len(t.assistant_indexes()))
 
     def parity(self, cohort: str, within: float, metric: str, mode: str, confidence: float | None = None) -> Verdict:
-        """The verdict of one (cohort, metric) parity check (replaying first if needed)."""
+        """The verdict of one (cohort, metric) parity check (replaying first if needed).
+
+        With ``--bclone-sequential`` the cohort is replayed in seeded rounds until an
+        anytime-valid confidence sequence settles it (:mod:`pytest_bclone.sequential_gate`)."""
+        if self.cfg.sequential:
+            from .sequential_gate import sequential_parity
+
+            verdict, run = sequential_parity(self, cohort, within, metric, mode, confidence or self.cfg.confidence)
+            self.sequential_runs.append(run)
+            return verdict
+        self.ensure(cohort, mode)
+        return self.fixed_parity(cohort, within, metric, mode, confidence)
+
+    def fixed_parity(self, cohort: str, within: float, metric: str, mode: str, confidence: float | None = None,
+                     *, only: set[str] | None = None) -> Verdict:
+        """The fixed-n verdict on the items replayed so far (``only``: of those trajectories)."""
         from .parity import parity_verdict
 
-        self.ensure(cohort, mode)
         self.ensure_judged(cohort, metric)
-        items = self.cohort_items(cohort, metric, mode)
+        items = [it for it in self.cohort_items(cohort, metric, mode) if only is None or it.trajectory_id in only]
         scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
         return parity_verdict(
             cohort, metric, [p[0] for _, p in scored], [p[1] for _, p in scored],
@@ -186,7 +202,7 @@ class BcloneSession:
         return {"items": self.store.export(), "verdicts": [v.to_dict() for v in self.verdicts],
                 "gate_tests": {t.nodeid: t.cohort for t in self.gate_tests.values()},
                 "agents": r.agent_names, "wall_s": r.wall_s, "cache": dict(r.cache_counts),
-                "shift_threshold": r.shift_threshold}
+                "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs]}
 
     def merge(self, data: Mapping[str, Any]) -> None:
         """Merge a worker's export (items once per key, verdicts once per uid)."""
@@ -201,6 +217,9 @@ class BcloneSession:
         if data.get("shift_threshold") is not None:
             r.shift_threshold = float(data["shift_threshold"])
         r.wall_s = max(r.wall_s, float(data.get("wall_s") or 0.0))
+        from .sequential_gate import SequentialRun
+
+        self.sequential_runs.extend(SequentialRun(**run) for run in data.get("sequential") or ())
 
     # -- the decision and the report ------------------------------------------------------------------
     def final_verdicts(self) -> list[RecordedVerdict]:
@@ -232,7 +251,12 @@ class BcloneSession:
         )
         # A verdict's uid is the channel's bookkeeping (which process recorded it), not a figure.
         verdicts = [{k: v for k, v in rec.to_dict().items() if k != "uid"} for rec in records]
-        return build_summary(self.store, verdicts, gate.to_dict(), info, r.by_id)
+        summary = build_summary(self.store, verdicts, gate.to_dict(), info, r.by_id)
+        if self.cfg.sequential:
+            from .sequential_gate import savings
+
+            summary["sequential"] = savings(self)
+        return summary
 
     def expert_model(self) -> str:
         """The model string that serves expert traffic: a live expert's name, or for the recorded

@@ -162,6 +162,7 @@ def html(summary: Mapping[str, Any]) -> str:
         "<main>",
         '<div class="grid">', _routes_card(summary), _next_steps_card(summary), "</div>",
         _chart_card(summary),
+        _sequential_card(summary),
         _verdicts_card(summary),
         _worst_card(summary),
         _agents_card(summary),
@@ -690,3 +691,14 @@ def _meta_card(summary: Mapping[str, Any]) -> str:
     ]
     return ('<section class="card"><h2>Run</h2><dl class="meta">'
             + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in items) + "</dl></section>")
+
+
+def _sequential_card(summary: Mapping[str, Any]) -> str:
+    """``--bclone-sequential``: the terminal's lines (one source for the figures)."""
+    from .terminal import sequential_lines
+
+    lines = [line.strip() for line in sequential_lines(summary) if line]
+    if not lines:
+        return ""
+    items = "".join(f"<li>{e(line)}</li>" for line in lines[1:])
+    return f'<section class="card"><h2>Sequential replay <small>{e(lines[0])}</small></h2><ul>{items}</ul></section>'

@@ -98,6 +98,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
     out += _routes(gate)
     out += _next_steps(gate)
     out += _verdicts(summary)
+    out += _sequential(summary)
     out += _agents(summary)
     out += _confusions(summary)
     out += _dead_tools(summary)
@@ -325,3 +326,13 @@ def append_github_step_summary(summary: Mapping[str, Any], env: Mapping[str, str
             "unset the variable outside GitHub Actions or point it at a writable file"
         ) from None
     return Path(target)
+
+
+def _sequential(summary: Mapping[str, Any]) -> list[str]:
+    """``--bclone-sequential``: the terminal's lines as a list (one source for the figures)."""
+    from .terminal import sequential_lines
+
+    lines = [line for line in sequential_lines(summary) if line]
+    if not lines:
+        return []
+    return ["### Sequential replay", ""] + [f"- {_cell(line.strip())}" for line in lines[1:]] + [""]

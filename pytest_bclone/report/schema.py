@@ -177,6 +177,22 @@ REPORT_SCHEMA: dict[str, Any] = {
                  "tool_confusions", "dead_tools", "distribution_shift", "errors", "cache", "divergences",
                  "drift"],
     "properties": {
+        "sequential": {
+            "description": "--bclone-sequential: per cohort, the trajectories replayed, the rounds and why it "
+                           "stopped (pass/fail settled early, or full: the fixed-n rule); for the run, what a full "
+                           "replay would have spent on top; optional",
+            "anyOf": [{"type": "null"}, _object({
+                "cohorts": {"type": "array", "items": _object({
+                    "cohort": {"type": "string"}, "metric": {"type": "string"}, "mode": {"type": "string"},
+                    "replayed": _COUNT, "total": _COUNT, "rounds": _COUNT,
+                    "stopped": {"enum": ["pass", "fail", "full"]}, "reason": {"type": "string"},
+                })},
+                "saved_trajectories": _COUNT,
+                "saved_calls": _COUNT,
+                "saved_unit": {"type": "string"},
+                "saved_usd": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]},
+            })],
+        },
         "rollouts": {
             "description": "rollout mode: episodes driven and how many each agent left at the step cap "
                            "(still acting: usually a loop); null without rollouts; optional",

@@ -71,6 +71,7 @@ def terminal_lines(summary: Mapping[str, Any], verbosity: int = 0) -> list[str]:
     if verbosity >= 0:
         lines += _header(summary)
     lines += _verdicts(summary, verbosity)
+    lines += sequential_lines(summary)
     if verbosity >= 0:
         if verbosity > 0:
             lines += _scores(summary)
@@ -320,6 +321,26 @@ def _rollouts(summary: Mapping[str, Any]) -> list[str]:
         + (f" (e.g. {examples})" if examples else ""),
         "",
     ]
+
+
+def sequential_lines(summary: Mapping[str, Any]) -> list[str]:
+    """``--bclone-sequential``: what each cohort replayed and why it stopped, and what was saved."""
+    seq = summary.get("sequential")
+    if not isinstance(seq, Mapping):
+        return []
+    out = ["sequential replay (stops a cohort once an anytime-valid confidence sequence settles it):"]
+    for run in seq.get("cohorts") or []:
+        stopped = {"pass": "settled: pass", "fail": "settled: fail", "full": "full replay"}.get(
+            text(run.get("stopped")), text(run.get("stopped")))
+        out.append(f"  {text(run.get('cohort'))}/{text(run.get('metric'))}: {fmt_count(run.get('replayed') or 0)} of "
+                   f"{fmt_count(run.get('total') or 0)} trajectories in {fmt_count(run.get('rounds') or 0)} rounds, "
+                   f"{stopped} ({text(run.get('reason'))})")
+    usd = seq.get("saved_usd")
+    money = "unknown (see --bclone-price)" if usd is None else f"${usd:,.4f}"
+    out.append(f"  saved against a full replay: {fmt_count(seq.get('saved_trajectories') or 0)} trajectories, "
+               f"{fmt_count(seq.get('saved_calls') or 0)} {text(seq.get('saved_unit'), 'calls')}, {money}")
+    out.append("")
+    return out
 
 
 def _errors(summary: Mapping[str, Any], verbosity: int) -> list[str]:
