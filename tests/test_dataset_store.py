@@ -610,3 +610,24 @@ def test_fuzzed_rows_are_stored_faithfully_or_refused_with_a_row_error(tmp_path_
         assert store.verify("v1").ok
 
     check()
+
+
+def test_all_decision_points_equals_the_per_trajectory_points_and_restores_the_gc(tmp_path, rows):
+    import gc
+
+    from pytest_bclone.dataset.store import all_decision_points
+
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    v = store.load("v1")
+    assert gc.isenabled()
+    points = all_decision_points(v.trajectories)
+    assert gc.isenabled()
+    assert points == [p for t in v.trajectories for p in t.decision_points()]
+    assert [(p.trajectory.id, p.step) for p in points[:3]] == [("t0000", 0), ("t0000", 1), ("t0001", 0)]
+    gc.disable()
+    try:
+        all_decision_points(v.trajectories)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

@@ -47,7 +47,7 @@ import pyarrow.fs as pafs  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from ..errors import DatasetError, DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
-from ..records import ExpectedOutcome, Message, Trajectory, tool_name
+from ..records import DecisionPoint, ExpectedOutcome, Message, Trajectory, tool_name
 from .schema import SCHEMA_VERSION, trajectory_to_row, validate_row
 
 try:  # POSIX: a writer holds an advisory lock on its staging directory, so cleanup never races it
@@ -221,6 +221,22 @@ class DatasetVersion:
         if sample is not None and sample < len(rows):
             rows = sorted(random.Random(seed).sample(rows, sample), key=lambda t: t.id)
         return rows
+
+
+def all_decision_points(trajectories: Iterable[Trajectory]) -> list[DecisionPoint]:
+    """Every decision point of ``trajectories``, in order, with the cyclic GC paused.
+
+    Deriving a million points allocates a million small acyclic tuples; with the collector on,
+    that triggers full collections that rescan the whole loaded dataset each time (about 3x the
+    derivation itself). Reference counting frees these tuples; nothing here needs the collector.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return [p for t in trajectories for p in t.decision_points()]
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -1314,6 +1330,7 @@ __all__ = [
     "RowValidator",
     "StagingLeftover",
     "VerifyReport",
+    "all_decision_points",
     "check_name",
     "load_ref",
     "manifest_fingerprint",
