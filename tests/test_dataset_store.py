@@ -459,6 +459,8 @@ def test_s3_write_failing_or_killed_mid_write_leaves_no_version_blocking_the_nam
     assert len(v.trajectories) == 12
     files = store.fs.get_file_info(st.pafs.FileSelector(f"{store.root}/support/v2"))
     assert sorted(i.base_name for i in files) == sorted(["manifest.json", *(f["path"] for f in v.manifest["files"])])
+    report = store.verify("support@v2")
+    assert report.ok and report.trajectories == 12 and report.unlisted_files == [], report.lines()
 
 
 def test_loading_parses_no_messages_until_a_state_is_used(tmp_path, rows):
