@@ -633,3 +633,23 @@ def test_all_decision_points_equals_the_per_trajectory_points_and_restores_the_g
         assert not gc.isenabled()  # a caller's choice is kept
     finally:
         gc.enable()
+
+
+def test_concurrent_writers_of_one_version_one_wins_the_others_get_version_exists(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = DatasetStore(str(tmp_path))
+
+    def write(k):
+        try:
+            return store.write_version("support", "v1", [make_row(100 * k + i) for i in range(30)])
+        except VersionExists as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(write, range(4)))
+    won = [r for r in results if isinstance(r, dict)]
+    assert len(won) == 1 and sum(isinstance(r, VersionExists) for r in results) == 3
+    v = store.load("v1")
+    assert v.fingerprint_sha256 == won[0]["fingerprint"] and len(v.trajectories) == 30
+    assert os.listdir(tmp_path / "support") == ["v1"]  # no staging left by the losers
