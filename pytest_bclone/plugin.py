@@ -99,6 +99,15 @@ def pytest_configure(config: pytest.Config) -> None:
     current: list[pytest.Item | None] = [None]
     config.stash[CURRENT_KEY] = current
     assertions.activate(session, lambda: current[0])
+    from . import signals
+
+    signals.install(config)  # SIGTERM stops the run like Ctrl-C, reports marked incomplete; workers die with it
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    from . import signals
+
+    signals.note_interrupt("SIGINT")  # a SIGTERM recorded first keeps its name
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -35,7 +35,11 @@ def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Conf
     if not bsession.verdicts and not bsession.store and not any(
             t in bsession.outcomes for t in bsession.gate_tests) and "crashed" not in bsession.outcomes.values():
         return None
-    summary = bsession.summary(track_outcomes=True)
+    from .redact import redact_obj
+
+    # No report may carry a secret (an error body that echoed the request's headers, a key in a
+    # message): every artifact below, and the terminal section, are written from this copy.
+    summary = redact_obj(bsession.summary(track_outcomes=True))
     cfg = bsession.cfg
     problems: list[str] = []
 
@@ -74,8 +78,8 @@ def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Conf
         attempt(f"routes {cfg.routes}", report.write_routes, summary, path(cfg.routes),
                 summary["run"]["clone"], bsession.expert_model())
     if cfg.divergences:
-        attempt(f"divergences {cfg.divergences}", report.write_divergences, bsession.divergence_records(),
-                path(cfg.divergences))
+        attempt(f"divergences {cfg.divergences}", report.write_divergences,
+                redact_obj(bsession.divergence_records()), path(cfg.divergences))
     # A session-level failure (a Holm correction that overturns a pass, a report that could not be
     # written) sets the exit status explicitly; the terminal prints the gate line that says why.
     if (summary["gate"]["decision"] == "BLOCKED" or problems) and session.exitstatus == 0:

@@ -1,0 +1,139 @@
+"""SIGTERM stops a gate run the way Ctrl-C does, and no xdist worker outlives its controller.
+
+CI systems cancel a job with SIGTERM (then SIGKILL after a grace period). Python's default is to
+die on the spot: no report, and pytest-xdist workers, orphaned in the middle of a replay, keep
+calling the model. :func:`install` (called from ``pytest_configure`` when the gate is active):
+
+* controller: the first SIGTERM is forwarded to the worker processes (so their in-flight calls
+  stop now, not after xdist's 10 s teardown) and raised as ``KeyboardInterrupt``: pytest unwinds,
+  the event loop cancels every call in flight, xdist tears the workers down, and the controller
+  still writes every report, marked incomplete (:func:`interrupted_by` says why; the gate BLOCKS).
+  A second SIGTERM while the reports are being written is not raised again, so they are whole.
+* worker: SIGTERM is raised as ``KeyboardInterrupt`` too, and the worker dies with its controller:
+  ``prctl(PR_SET_PDEATHSIG)`` on Linux, and a watchdog thread that notices the parent process change
+  (any POSIX system; a SIGKILLed controller included) and stops the worker, hard after a grace period.
+
+SIGINT is left to pytest (as before); :func:`note_interrupt` records it for the report.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+__all__ = ["PARENT_POLL_S", "WORKER_GRACE_S", "install", "interrupted_by", "note_interrupt", "reset"]
+
+PARENT_POLL_S = 0.2
+"""How often a worker checks that its controller is still its parent (seconds)."""
+WORKER_GRACE_S = 5.0
+"""How long an orphaned worker may take to unwind before it exits hard (seconds)."""
+
+_interrupted: str | None = None
+_lock = threading.Lock()
+
+
+def interrupted_by() -> str | None:
+    """``"SIGTERM"``, ``"SIGINT"`` or ``"controller gone"`` once the run was interrupted, else None.
+
+    A run interrupted this way is incomplete: its reports say so and the gate blocks."""
+    return _interrupted
+
+
+def note_interrupt(cause: str) -> bool:
+    """Record why the run stops (the first cause wins); True when this was the first."""
+    global _interrupted
+    with _lock:
+        if _interrupted is not None:
+            return False
+        _interrupted = cause
+        return True
+
+
+def reset() -> None:
+    """Forget a recorded interruption (the next in-process run, e.g. under pytester)."""
+    global _interrupted
+    with _lock:
+        _interrupted = None
+
+
+def install(config: Any) -> None:
+    """Install the SIGTERM handling of this process (controller or xdist worker, told apart by
+    ``config.workerinput``); undone by ``config.add_cleanup`` when the run ends."""
+    reset()
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    worker = hasattr(config, "workerinput")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    raised: list[int] = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        note_interrupt("SIGTERM")
+        if not worker:
+            _signal_children(signal.SIGTERM)
+        if not raised:
+            raised.append(signum)
+            raise KeyboardInterrupt("SIGTERM")
+        # A repeated SIGTERM: the run is already unwinding and writing its reports; let it finish
+        # (a CI runner sends SIGKILL after its grace period anyway).
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+    if worker:
+        parent = os.getppid()
+        _die_with_parent()
+        stop = threading.Event()
+        config.add_cleanup(stop.set)
+        threading.Thread(target=_watch_parent, args=(parent, stop), name="bclone-parent-watch", daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to send SIGTERM when the parent (the xdist controller) dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):  # no libc, no prctl: the watchdog thread still covers it
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """Stop this worker when its controller is gone (the worker is re-parented)."""
+    while not stop.wait(PARENT_POLL_S):
+        if os.getppid() != parent:
+            note_interrupt("controller gone")
+            with contextlib.suppress(OSError):
+                os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread: calls are cancelled
+            if not stop.wait(WORKER_GRACE_S):
+                os._exit(3)  # nobody is left to receive this worker's results
+            return
+
+
+def _signal_children(signum: int) -> None:
+    """Send ``signum`` to this process's direct children (the xdist workers). Linux ``/proc`` only;
+    elsewhere xdist's teardown stops them (after its timeout)."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses; split after the last ")".
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signum)
