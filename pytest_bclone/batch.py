@@ -261,7 +261,7 @@ async def _run_agent_batch(
     answered: set[str] = set()
     output_id, error_id = _field(batch, "output_file_id"), _field(batch, "error_file_id")
     for record in await _content(litellm, output_id, transport) if output_id else []:
-        key = record.get("custom_id")
+        key = str(record.get("custom_id"))
         response = record.get("response") or {}
         if key not in requests or int(response.get("status_code") or 0) >= 400:
             continue

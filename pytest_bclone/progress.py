@@ -103,6 +103,11 @@ class Progress:
             self._draw(self.line(), True)
             self._shown = False
 
+    def note(self, text: str) -> None:
+        """Show one line of news (e.g. a batch's status) where the status line goes, if enabled."""
+        if self.enabled:
+            self._draw(text, True)
+
     def _draw_stream(self, text: str, final: bool) -> None:
         self.stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
         self.stream.flush()
@@ -122,7 +127,7 @@ def terminal_progress(config: Any) -> Progress | None:
         return None
     if not getattr(reporter, "isatty", False):
         return None
-    writer = reporter._tw  # noqa: SLF001 (pytest's terminal writer: how its own live logging writes)
+    writer = reporter._tw  # pytest's terminal writer: how its own live logging writes
 
     def draw(text: str, final: bool) -> None:
         def write() -> None:

@@ -65,6 +65,7 @@ class Runner:
         self.shift_threshold: float | None = None  # kept apart from the model: it crosses xdist
         self.wall_s = 0.0
         self.cache_counts: dict[str, int] = {"hits": 0, "misses": 0}
+        self.batch_reports: list[dict[str, Any]] = []  # --bclone-batch: one per agent and replay
         self._done: dict[str, set[str]] = {"step": set(), "rollout": set()}
         self._agents: dict[str, Agent] | None = None
         self._registry: EvaluatorRegistry | None = None
@@ -185,6 +186,8 @@ class Runner:
         from .replay import run_replay
 
         points = [p for t in trajectories for p in t.decision_points()]
+        if self.cfg.batch:
+            self._fill_by_batch(points)
         result = run_replay(points, self.agents(), concurrency=self.cfg.concurrency, repeats=self.cfg.repeats,
                             progress=self.progress)
         step_metrics, traj_metrics, _, binary = self._metrics()
@@ -241,6 +244,19 @@ class Runner:
                 {r: per_traj[r][t.id] for r in ROLES}, binary, {r: errors[r].get(t.id) for r in ROLES},
                 clone_cost=costs["clone"], expert_cost=costs["expert"],
             ))
+
+    def _fill_by_batch(self, points: Sequence[DecisionPoint]) -> None:
+        """``--bclone-batch``: the cache misses of ``points`` go through the provider batch API first,
+        so the replay that follows finds them in the cache (failed lines are then called live)."""
+        import asyncio
+
+        from .batch import fill_cache_by_batch
+
+        states = [(p.state, r) for p in points for r in range(self.cfg.repeats)]
+        show = self.progress if not isinstance(self.progress, bool) else None
+        reports = asyncio.run(fill_cache_by_batch(self.agents(), states, poll_interval_s=self.cfg.batch_poll,
+                                                  on_progress=None if show is None else show.note))
+        self.batch_reports.extend(report.to_dict() for report in reports)
 
     def _env_factory(self) -> Callable[[Trajectory], Any]:
         hook = self._make_environment_hook

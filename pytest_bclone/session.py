@@ -202,7 +202,8 @@ class BcloneSession:
         return {"items": self.store.export(), "verdicts": [v.to_dict() for v in self.verdicts],
                 "gate_tests": {t.nodeid: t.cohort for t in self.gate_tests.values()},
                 "agents": r.agent_names, "wall_s": r.wall_s, "cache": dict(r.cache_counts),
-                "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs]}
+                "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs],
+                "batch": list(r.batch_reports)}
 
     def merge(self, data: Mapping[str, Any]) -> None:
         """Merge a worker's export (items once per key, verdicts once per uid)."""
@@ -220,6 +221,7 @@ class BcloneSession:
         from .sequential_gate import SequentialRun
 
         self.sequential_runs.extend(SequentialRun(**run) for run in data.get("sequential") or ())
+        r.batch_reports.extend(data.get("batch") or ())
 
     # -- the decision and the report ------------------------------------------------------------------
     def final_verdicts(self) -> list[RecordedVerdict]:
@@ -256,6 +258,8 @@ class BcloneSession:
             from .sequential_gate import savings
 
             summary["sequential"] = savings(self)
+        if self.cfg.batch:
+            summary["batch"] = list(r.batch_reports)
         return summary
 
     def expert_model(self) -> str:

@@ -148,3 +148,35 @@ def test_a_provider_without_a_batch_api_is_one_clear_error(tmp_path: Path) -> No
                          cache=ModelCache(tmp_path, "new_episodes"), retry=FAST)
     with pytest.raises(BatchError, match=r"provider 'ollama' has no OpenAI-style batch API"):
         asyncio.run(fill_cache_by_batch({"clone": agent}, states()))
+
+
+PLUGIN_TEST = '''
+from pytest_bclone import assert_parity
+
+def test_gate():
+    assert_parity("common_intents", within=50, metric="action_match", on_fail="warn", allow_inconclusive=True)
+'''
+
+
+def test_the_gate_with_bclone_batch_fills_the_cache_then_replays_it(pytester: pytest.Pytester,
+                                                                    server: OpenAIServer) -> None:
+    from pytest_bclone.dataset.store import DatasetStore
+
+    from .conftest import make_row
+
+    DatasetStore(str(pytester.path / "bclone_datasets")).write_version(
+        "support", "v1", [make_row(i, split="eval") for i in range(8)])
+    pytester.makepyfile(test_gate=PLUGIN_TEST)
+    params = json.dumps({"api_base": server.base_url, "api_key": "sk-batch-test"})
+    pytester.makeini(f"[pytest]\nbclone_dataset = support@v1\nbclone_clone = openai/stub\n"
+                     f"bclone_clone_params = {params}\n")
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--bclone-batch", "--bclone-batch-poll=0.01",
+                                          "--bclone-report-json=report.json")
+    assert first.ret in (0, 1) and "BCLONE GATE" in first.stdout.str(), first.stdout.str()
+    assert server.batch_creates == 1 and server.request_count == 0  # every answer came from the batch
+    batch = json.loads((pytester.path / "report.json").read_text())["batch"]
+    assert batch[0]["requests"] == 16 and batch[0]["answered"] == 16  # 8 trajectories x 2 decision points
+    first.stdout.fnmatch_lines(["*batch API (openai/stub): 16 requests sent, 16 answered at batch price*"])
+    again = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--bclone-cache-mode=none")
+    assert again.ret == first.ret, again.stdout.str()
+    assert server.request_count == 0 and server.batch_creates == 1

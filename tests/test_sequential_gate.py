@@ -22,6 +22,7 @@ from pytest_bclone.testing import OpenAIServer, Reply, reply
 from .conftest import make_row
 
 REPO = Path(__file__).resolve().parents[1]
+STEP_FILES = [f"example_suite/test_{name}.py" for name in ("common_intents", "long_tail", "safety", "tool_heavy")]
 
 CONFTEST = '''
 from pytest_bclone.agents.recorded import RecordedAgent
@@ -176,7 +177,8 @@ def _example(tmp: Path, server: OpenAIServer, *args: str) -> tuple[dict[str, Any
     params = json.dumps({"api_base": server.base_url, "api_key": "sk-sequential-test"})
     before = server.request_count
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "example_suite", "--bclone-dataset=v8", "-p", "no:cacheprovider",
+        # The step-mode cohorts (rollouts through HTTP would triple the time without showing more).
+        [sys.executable, "-m", "pytest", *STEP_FILES, "--bclone-dataset=v8", "-p", "no:cacheprovider",
          "--bclone-clone=openai/bc-clone", "-o", f"bclone_clone_params={params}", "--bclone-cache-mode=off",
          "--bclone-concurrency=32", f"--bclone-report-json={tmp / 'report.json'}", *args],
         cwd=work, capture_output=True, text=True, timeout=900, check=False,

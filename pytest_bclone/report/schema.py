@@ -193,6 +193,12 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "saved_usd": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]},
             })],
         },
+        "batch": {
+            "description": "--bclone-batch: per agent and replay, the cache misses sent through the provider "
+                           "batch API, how many it answered (now in the cache), failed or left unanswered (those "
+                           "were called live), its batch ids and final status; optional",
+            "anyOf": [{"type": "null"}, {"type": "array", "items": {"type": "object"}}],
+        },
         "rollouts": {
             "description": "rollout mode: episodes driven and how many each agent left at the step cap "
                            "(still acting: usually a loop); null without rollouts; optional",

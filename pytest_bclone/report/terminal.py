@@ -72,6 +72,7 @@ def terminal_lines(summary: Mapping[str, Any], verbosity: int = 0) -> list[str]:
         lines += _header(summary)
     lines += _verdicts(summary, verbosity)
     lines += sequential_lines(summary)
+    lines += batch_lines(summary)
     if verbosity >= 0:
         if verbosity > 0:
             lines += _scores(summary)
@@ -341,6 +342,24 @@ def sequential_lines(summary: Mapping[str, Any]) -> list[str]:
                f"{fmt_count(seq.get('saved_calls') or 0)} {text(seq.get('saved_unit'), 'calls')}, {money}")
     out.append("")
     return out
+
+
+def batch_lines(summary: Mapping[str, Any]) -> list[str]:
+    """``--bclone-batch``: what each agent's batch sent, got back, and left to live calls."""
+    batches = summary.get("batch")
+    if not isinstance(batches, list) or not batches:
+        return []
+    out = []
+    for b in batches:
+        if not isinstance(b, Mapping):
+            continue
+        ids = ", ".join(text(i) for i in b.get("batch_ids") or []) or "none"
+        out.append(f"batch API ({text(b.get('agent'))}): {fmt_count(b.get('requests') or 0)} requests sent"
+                   f"{' (resumed)' if b.get('resumed') else ''}, {fmt_count(b.get('answered') or 0)} answered at batch "
+                   f"price, {fmt_count(b.get('failed') or 0)} failed and {fmt_count(b.get('unanswered') or 0)} "
+                   f"unanswered (called live), {fmt_count(b.get('already_cached') or 0)} already cached; "
+                   f"status {text(b.get('status'))}; batch {ids}")
+    return out + [""] if out else []
 
 
 def _errors(summary: Mapping[str, Any], verbosity: int) -> list[str]:
