@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy  # noqa: F401 (loaded before any in-process pytester run, which unloads what it imports: numpy cannot load twice)
 import pytest
 
 from pytest_bclone.agents import PythonAgent, RecordedAgent
@@ -283,6 +284,25 @@ def test_the_report_block_names_the_user_mode_and_the_recorded_experts_outcome()
     assert user_line(user_block("recorded", "recorded", [])).startswith(
         "rollout user: recorded (the recorded user turns, replayed whatever the agent says: a clone that asks in "
         "another order gets answers to the expert's questions)")
+
+
+def test_the_example_scripted_customer_is_the_one_the_dataset_was_recorded_with() -> None:
+    """Under it the live scripted expert reproduces every v8 eval recording, turn for turn; a clone
+    that asks in another order gets answers to its own questions."""
+    from example_suite.retail.env import RetailEnvironment
+    from example_suite.retail.expert import ScriptedExpert
+    from example_suite.retail.user import ScriptedCustomer
+    from pytest_bclone.dataset.store import DatasetStore
+
+    root = Path(__file__).resolve().parents[1] / "example_suite" / "bclone_datasets"
+    rows = DatasetStore(str(root)).load("retail@v8").select("eval")
+    users = Users("scripted", ScriptedCustomer.for_trajectory)
+    result = run_rollouts(rows, {"expert": ScriptedExpert()}, RetailEnvironment.for_trajectory, user_factory=users,
+                          progress=False)
+    assert [result.episode("expert", t.id).messages for t in rows] == [tuple(t.messages) for t in rows]
+    assert result.user == "scripted-customer" and len(rows) > 400
+    # A trajectory this generator did not make gets no scripted customer (the option decides).
+    assert ScriptedCustomer.for_trajectory(DATASET[0]) is None
 
 
 # --------------------------------------------------------------------------- the LLM user
