@@ -189,7 +189,7 @@ def test_the_hook_is_asked_first_and_the_report_names_every_user_that_served() -
     users = make_users("recorded", BcloneConfig(), hook)
     result = run_rollouts(DATASET, {"clone": PythonAgent(CLONE)}, Shop, user_factory=users, progress=False)
     assert completion(result, "clone") == [1.0, 1.0, 0.0]
-    assert result.user == "recorded (1 episodes), scripted-refund-customer (2 episodes)"
+    assert result.user == "recorded (1 episode), scripted-refund-customer (2 episodes)"
 
 
 def test_python_user_specs_sync_async_and_function_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ class Users:
             return self.name
         if len(self.used) == 1:
             return next(iter(self.used))
-        return ", ".join(f"{n} ({k} episodes)" for n, k in sorted(self.used.items()))
+        return ", ".join(f"{n} ({k} episode{'' if k == 1 else 's'})" for n, k in sorted(self.used.items()))
 
     async def aclose(self) -> None:
         """Release what is bound to the event loop (an LLM user's HTTP clients)."""
