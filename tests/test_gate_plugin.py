@@ -85,12 +85,14 @@ def gate(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+# "good" copies the expert exactly on 300 trajectories: the score interval of no discordant pair is
+# about +-1.6 points there, so 2 points is the tightest margin it can pass (1 point is inconclusive).
 def test_pass_fail_and_the_failure_message(gate: pytest.Pytester):
     gate.makepyfile(test_cohorts="""
         from pytest_bclone import assert_parity
 
         def test_good():
-            v = assert_parity(cohort="good", within=1)
+            v = assert_parity(cohort="good", within=2)
             assert v.status == "pass" and v.n == 600
 
         def test_bad():
@@ -122,7 +124,7 @@ def test_route_reports_xfail_and_a_hybrid_route_with_saving(gate: pytest.Pyteste
         pytestmark = pytest.mark.bclone(cohort="good")
 
         def test_good():
-            assert_parity(cohort="good", within=1)
+            assert_parity(cohort="good", within=2)
 
         @pytest.mark.bclone(cohort="bad")
         def test_bad():
@@ -269,7 +271,7 @@ def test_xdist_gives_the_same_verdicts_and_aggregates(gate: pytest.Pytester):
         from pytest_bclone import assert_parity
 
         def test_good():
-            assert_parity(cohort="good", within=1)
+            assert_parity(cohort="good", within=2)
 
         def test_bad():
             assert_parity(cohort="bad", within=3, on_fail="route")
@@ -323,7 +325,7 @@ def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pyte
         from pytest_bclone import assert_parity
 
         def test_good():
-            assert_parity(cohort="good", within=1, metric="toxicity", mode="step")
+            assert_parity(cohort="good", within=3, metric="toxicity", mode="step")
 
         def test_bad():
             assert_parity(cohort="bad", within=3, metric="toxicity", mode="step")
@@ -344,7 +346,7 @@ def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pyte
     assert bad["metric"] == "toxicity" and bad["clone_mean"] < bad["expert_mean"]
     assert bad["errors"] == 4  # bad-0001 and bad-0011, 2 steps each: judge failures excluded
     good = next(v for v in report["verdicts"] if v["cohort"] == "good")
-    assert good["errors"] == 4 and good["status"] == "pass"  # 4 lost of 600 cannot hide a 1-point loss
+    assert good["errors"] == 4 and good["status"] == "pass"  # 4 lost of 600 cannot hide a 3-point loss
     assert any("judge toxicity" in e["error"] for e in report["errors"]["examples"])
 
 
@@ -353,7 +355,7 @@ def test_holm_correction_is_applied_across_the_runs_verdicts(gate: pytest.Pytest
         from pytest_bclone import assert_no_regression, assert_parity
 
         def test_good():
-            assert_parity(cohort="good", within=1)
+            assert_parity(cohort="good", within=2)
 
         def test_bad():
             assert_parity(cohort="bad", within=20, on_fail="route")
