@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,9 +140,9 @@ class ModelCache:
         self.stats = CacheStats()
         self._made_dirs: set[Path] = set()
         self._opened = time.time()
-        # key -> [lock, users]: tasks of this process asking for the same key queue here, so only
-        # one of them takes the file lock and calls.
-        self._key_locks: dict[str, list[Any]] = {}
+        # key -> future of the task calling for it: other tasks of this process wait on it, so
+        # only one of them takes the file lock and calls.
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def from_config(cls, config: BcloneConfig) -> ModelCache:
@@ -271,9 +271,22 @@ class ModelCache:
         if self.mode == "off":
             self.stats.misses += 1
             return CacheResult(dict(await call()), False, key)
-        async with self._single_flight(key) as recorded_meanwhile:
-            # Another task or process may have recorded it while we waited for the lock.
-            recorded = recorded_meanwhile()
+        # Single-flight: tasks of this process asking for a key already in flight wait for its
+        # owner (no lock object, no syscall); the owner takes the cross-process file lock.
+        while (owner := self._inflight.get(key)) is not None:
+            await asyncio.shield(owner)  # the owner's outcome, success or failure, is not ours to raise
+            recorded = self.get(key, quiet=True) if self.mode == "new_episodes" else self._this_run(key)
+            if recorded is not None:
+                self.stats.hits += 1
+                self.stats.waited += 1
+                return CacheResult(recorded, True, key)
+        done = self._inflight[key] = asyncio.get_running_loop().create_future()
+        fd = None
+        written = False
+        try:
+            fd = await self._lock_file(key)
+            # Another process may have recorded it while we waited for (or before we took) the lock.
+            recorded = self.get(key, quiet=True) if self.mode == "new_episodes" else self._this_run(key)
             if recorded is not None:
                 self.stats.hits += 1
                 self.stats.waited += 1
@@ -281,7 +294,18 @@ class ModelCache:
             self.stats.misses += 1
             value = dict(await call())
             await self._record(key, value, request, label)
+            written = True
             return CacheResult(value, False, key)
+        finally:
+            if fd is not None:
+                if written:
+                    # Removed while still held: whoever opened it, or creates it anew, finds the
+                    # entry once it gets the lock. After a failed call it stays (harmless).
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path_for(key).parent / f".{key}.lock")
+                os.close(fd)  # releases the flock
+            del self._inflight[key]
+            done.set_result(None)
 
     def _this_run(self, key: str) -> dict[str, Any] | None:
         """Mode ``all``: the entry of ``key`` if it was written since this cache was opened (by
@@ -292,37 +316,6 @@ class ModelCache:
         except OSError:
             return None
         return self.get(key, quiet=True)
-
-    @contextlib.asynccontextmanager
-    async def _single_flight(self, key: str) -> AsyncIterator[Callable[[], dict[str, Any] | None]]:
-        """Hold the key: first the in-process lock, then the cross-process file lock.
-
-        Yields the function that reads what was recorded meanwhile. The lock file is removed once
-        the entry is written (while still held: a waiter that opened it then finds the entry, and
-        a newcomer finds the entry before it looks for a lock); it stays after a failed call.
-        """
-        slot = self._key_locks.get(key)
-        if slot is None:
-            slot = self._key_locks[key] = [asyncio.Lock(), 0]
-        slot[1] += 1
-        try:
-            async with slot[0]:
-                fd = await self._lock_file(key)
-                lock_path = self.path_for(key).parent / f".{key}.lock"
-                try:
-                    yield (lambda: self.get(key, quiet=True)) if self.mode == "new_episodes" else (
-                        lambda: self._this_run(key))
-                    if fd is not None and self.path_for(key).exists():
-                        with contextlib.suppress(OSError):
-                            if os.fstat(fd).st_ino == lock_path.stat().st_ino:
-                                lock_path.unlink()
-                finally:
-                    if fd is not None:
-                        os.close(fd)  # releases the flock
-        finally:
-            slot[1] -= 1
-            if slot[1] == 0:
-                del self._key_locks[key]
 
     async def _lock_file(self, key: str) -> int | None:
         """Take the cross-process lock of ``key`` (polling: a blocking flock would hold a thread);
