@@ -206,8 +206,8 @@ class LitellmAgent:
         """The one message that stops the run: which agent (role, model, endpoint), what the
         provider said, and the fix."""
         role = self.role or "agent"
-        option = f"--bclone-{role}" if role in ("clone", "expert", "judge") else "the agent spec"
-        params_key = f"bclone_{role}_params" if role in ("clone", "expert") else "the agent's params"
+        option = f"--bclone-{role}" if role in ("clone", "expert", "judge", "user") else "the agent spec"
+        params_key = f"bclone_{role}_params" if role in ("clone", "expert", "user") else "the agent's params"
         provider = self.model.partition("/")[0] if "/" in self.model else "openai"
         variable = _KEY_VARIABLES.get(provider, f"{provider.upper()}_API_KEY")
         base = self.params.get("api_base") or self.params.get("base_url")
@@ -215,7 +215,7 @@ class LitellmAgent:
         detail = redact_text(exc.detail)
         if exc.status == 404:
             fix = (f"the model or endpoint does not exist: check {option}={self.model}"
-                   f"{' and api_base in ' + params_key if role in ('clone', 'expert') else ''}")
+                   f"{' and api_base in ' + params_key if role in ('clone', 'expert', 'user') else ''}")
         elif exc.status == 403:
             fix = (f"the key is not allowed to use {self.model}: use a key with access to it "
                    f"(api_key in {params_key} or ${variable}) or another model")
