@@ -27,7 +27,9 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["PARENT_POLL_S", "WORKER_GRACE_S", "install", "interrupted_by", "note_interrupt", "reset"]
+__all__ = [
+    "PARENT_POLL_S", "WORKER_GRACE_S", "install", "interrupted_by", "mark_incomplete", "note_interrupt", "reset",
+]
 
 PARENT_POLL_S = 0.2
 """How often a worker checks that its controller is still its parent (seconds)."""
@@ -137,3 +139,23 @@ def _signal_children(signum: int) -> None:
         if ppid == me:
             with contextlib.suppress(OSError):
                 os.kill(int(entry), signum)
+
+
+def mark_incomplete(summary: dict[str, Any], cause: str) -> dict[str, Any]:
+    """Mark a run's report summary as incomplete (interrupted by ``cause``): the run section says
+    so, and the gate BLOCKS whatever the verdicts gathered so far say, because the cohorts that
+    never got their verdict were not gated. Returns ``summary`` (changed in place)."""
+    run = summary.setdefault("run", {})
+    run["interrupted"] = cause
+    run["incomplete"] = True
+    gate = summary.setdefault("gate", {})
+    previous = str(gate.get("line") or "")
+    before = previous.partition("(")[2].rstrip(")") if previous.startswith("BCLONE GATE: BLOCKED (") else ""
+    gate["decision"] = "BLOCKED"
+    gate["line"] = (f"BCLONE GATE: BLOCKED (run incomplete: interrupted by {cause}, rerun it to completion; "
+                    f"{before or 'the cohorts without a verdict were not gated'})")
+    # Nothing ships from a run that did not finish: all traffic stays on the expert.
+    gate["routes"] = {cohort: "expert" for cohort in (gate.get("routes") or {})}
+    gate["traffic_on_clone_pct"] = 0.0
+    gate["estimated_saving_pct"] = None
+    return summary
