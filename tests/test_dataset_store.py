@@ -653,3 +653,26 @@ def test_concurrent_writers_of_one_version_one_wins_the_others_get_version_exist
     v = store.load("v1")
     assert v.fingerprint_sha256 == won[0]["fingerprint"] and len(v.trajectories) == 30
     assert os.listdir(tmp_path / "support") == ["v1"]  # no staging left by the losers
+
+
+def test_a_toolset_object_shared_by_rows_is_encoded_once_but_a_mutated_one_again(tmp_path, monkeypatch):
+    from pytest_bclone.dataset import store as st
+
+    tools = make_row(0)["tools"]
+    dumps = []
+    real = st._dump
+    monkeypatch.setattr(st, "_dump", lambda v, *a: dumps.append(a[-1]) or real(v, *a))
+
+    def rows():
+        for i in range(6):
+            row = make_row(i)
+            row["tools"] = tools  # one object for every row, as importers pass it
+            if i == 4:
+                tools[0]["function"]["description"] = "changed in place"
+            yield row
+
+    DatasetStore(str(tmp_path)).write_version_stream("support", "v1", rows())
+    assert dumps.count("tools") == 2  # first row, then again after the in-place change
+    v = DatasetStore(str(tmp_path)).load("v1")
+    described = [t.id for t in v.trajectories if "description" in t.tools[0]["function"]]
+    assert described == ["t0004", "t0005"]

@@ -321,7 +321,29 @@ def _dump(value: Any, where: str, rid: Any, field_name: str) -> str:
                          "use plain JSON values (finite numbers, strings, lists, objects)") from None
 
 
-def _row_values(row: Any, where: str) -> _RowValues:
+class _SharedTools:
+    """The last toolset object seen and its JSON text: importers pass one toolset object to many rows.
+
+    A hit needs the very same object (held here, so its id cannot be reused) still equal to a
+    snapshot taken when it was encoded (so an object mutated in place between rows is re-encoded).
+    """
+
+    __slots__ = ("obj", "snapshot", "text")
+
+    def __init__(self) -> None:
+        self.obj: Any = None
+        self.snapshot: Any = None
+        self.text = ""
+
+    def encode(self, tools: Any, where: str, rid: Any) -> str:
+        if tools is self.obj and tools == self.snapshot:
+            return self.text
+        text = _dump(list(tools), where, rid, "tools")
+        self.obj, self.snapshot, self.text = tools, json.loads(text), text
+        return text
+
+
+def _row_values(row: Any, where: str, shared: _SharedTools | None = None) -> _RowValues:
     """Check one row's shape and turn it into the stored column values; RowError names the field.
 
     The store's own guard, whatever validation the caller ran: it never writes a row it could not
@@ -398,7 +420,7 @@ def _row_values(row: Any, where: str) -> _RowValues:
         list(cohorts),
         split,
         _dump(list(messages), where, rid, "messages"),
-        _dump(list(tools), where, rid, "tools"),
+        shared.encode(tools, where, rid) if shared is not None else _dump(list(tools), where, rid, "tools"),
         None if expected is None else _dump(expected, where, rid, "expected"),
         _dump(scores, where, rid, "expert_scores"),
         _dump(metadata, where, rid, "metadata"),
@@ -1186,13 +1208,14 @@ class DatasetStore:
             if self.local:
                 lock = _StagingLock(target)
             tally = _Tally(source)
+            shared = _SharedTools()
             files: list[dict[str, Any]] = []
             current: _ParquetFile | None = None
             for i, row in enumerate(rows):
                 where = f"{source} row {i}"
                 if validate is not None:
                     validate(row, where)
-                values = _row_values(row, where)
+                values = _row_values(row, where, shared)
                 tally.add(values, row.get("tools") or (), where)
                 if current is None:
                     current = _ParquetFile()
