@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +31,14 @@ TRAJECTORY_MATCH = ("strict", "unordered", "subset", "superset")
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
+        if isinstance(text, float) or isinstance(text, bool):  # a TOML 2.5 or true is not an integer
+            raise ValueError("must be an integer")  # noqa: TRY004 (build_config reports ValueError)
         value = int(text)
         if value < lo or (hi is not None and value > hi):
             raise ValueError(f"must be an integer {'>= ' + str(lo) if hi is None else f'from {lo} to {hi}'}")
         return value
 
+    parse.ini_type = "int"  # type: ignore[attr-defined]
     return parse
 
 
@@ -49,6 +53,7 @@ def _float(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False
             raise ValueError(f"must be a number {lo_s} and {hi_s}")
         return value
 
+    parse.ini_type = "float"  # type: ignore[attr-defined]
     return parse
 
 
@@ -139,6 +144,17 @@ class Option:
     ini: bool = True
     flag: bool = False  # a boolean switch (store_true) instead of a value
     multiple: bool = False  # repeatable flag / linelist ini; parse takes the list
+    path: bool = False  # a file or directory: resolved like --junitxml (see build_config)
+
+    @property
+    def ini_type(self) -> str:
+        """The pytest ``addini`` type, so that ``[tool.pytest]`` (TOML) takes natural values:
+        ``bclone_confidence = 0.9``, ``bclone_holm = true``, ``bclone_concurrency = 8``."""
+        if self.flag:
+            return "bool"
+        if self.multiple:
+            return "linelist"
+        return str(getattr(self.parse, "ini_type", "string"))
 
     @property
     def cli(self) -> str:
@@ -153,8 +169,8 @@ OPTIONS: tuple[Option, ...] = (
     # dataset
     Option("dataset", "dataset version to gate on: v8, NAME@v8, latest, or a path to a version directory "
            "(the plugin is inactive when unset)", None, metavar="REF"),
-    Option("dataset_root", "root of the dataset store: a directory (relative to rootdir) or a pyarrow "
-           "filesystem URI such as s3://bucket/datasets", "bclone_datasets", metavar="URI"),
+    Option("dataset_root", "root of the dataset store: a directory or a pyarrow filesystem URI such as "
+           "s3://bucket/datasets", "bclone_datasets", metavar="URI", path=True),
     Option("split", "which split to evaluate: eval (default; scoring a clone on its training rows overstates "
            "it), train, or all", "eval", _choice(SPLIT_CHOICES)),
     Option("sample", "evaluate a seeded random sample of N trajectories (quick local runs)", None, _int(1),
@@ -188,8 +204,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS"),
     Option("cache_mode", "record/replay of model calls: none (replay only, a miss is an error), new_episodes "
            "(replay, record misses), all (re-record), off", "new_episodes", _choice(CACHE_MODES)),
-    Option("cache_dir", "where recorded model calls are kept (relative to rootdir)", ".bclone/cache",
-           metavar="DIR"),
+    Option("cache_dir", "where recorded model calls are kept", ".bclone/cache", metavar="DIR", path=True),
     Option("price", "price override, USD per million tokens: MODEL=IN/OUT (repeatable)", {}, _prices,
            metavar="MODEL=IN/OUT", multiple=True),
     Option("trajectory_match", "rollout mode: how trajectory_score compares the agent's tool sequence with the "
@@ -209,24 +224,34 @@ OPTIONS: tuple[Option, ...] = (
            "failed call makes the cohort inconclusive)", 0.0,
            _float(0.0, 1.0), metavar="RATE"),
     Option("holm", "Holm-correct the parity tests across the cohorts of a run", False, flag=True),
+    # cost of the gate itself
+    Option("sequential", "replay each declared cohort in seeded rounds of trajectories and stop it as soon as an "
+           "anytime-valid confidence sequence settles its verdict (fewer calls; full replay when it does not settle)",
+           False, flag=True),
+    Option("batch", "step mode: send the run's cache misses through the provider's batch API (about half the "
+           "price; answers land in the cache, then the run scores as usual)", False, flag=True),
+    Option("batch_poll", "seconds between polls of a running batch", 30.0, _float(0.0, 3600.0, open_lo=True),
+           metavar="SECONDS"),
     Option("cohort_metrics", "default metric per cohort for assert_parity: COHORT=METRIC lines (ini only)", {},
            _cohort_metrics, multiple=True),
     Option("policy", "release policy per cohort: COHORT = ON_FAIL | REMEDY lines (on_fail block, route or warn; "
            "the remedy is printed as the cohort's next step when it fails); an assertion's own on_fail=/remedy= "
            "win (ini only)", {}, parse_policy, multiple=True),
     # reports
-    Option("report_json", "write the full report as JSON", None, metavar="PATH"),
+    Option("report_json", "write the full report as JSON", None, metavar="PATH", path=True),
     Option("report_md", "write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set)", None,
-           metavar="PATH"),
-    Option("report_html", "write a self-contained HTML report", None, metavar="PATH"),
-    Option("routes", "write the routing decision (cohort -> model) as JSON", None, metavar="PATH"),
+           metavar="PATH", path=True),
+    Option("report_html", "write a self-contained HTML report", None, metavar="PATH", path=True),
+    Option("routes", "write the routing decision (cohort -> model) as JSON", None, metavar="PATH", path=True),
     Option("divergences", "write every state where clone and expert disagree (.parquet or .jsonl)", None,
-           metavar="PATH"),
-    Option("baseline", "compare with an earlier JSON report and flag per-cohort drift", None, metavar="PATH"),
+           metavar="PATH", path=True),
+    Option("baseline", "compare with an earlier JSON report and flag per-cohort drift", None, metavar="PATH", path=True),
     Option("drift_margin", "points a cohort may drop against the baseline before it is flagged", 2.0,
            _float(0.0, 100.0), metavar="POINTS"),
     Option("save_baseline", "save this run's JSON report as the baseline for the next one", None,
-           metavar="PATH"),
+           metavar="PATH", path=True),
+    Option("profile", "print one line splitting the gate's time into phases (start-up, load, replay, scoring, "
+           "shift check, statistics, report); the JSON report always has them (run.phases_s)", False, flag=True),
 )
 
 _INI_ONLY = {"clone_params", "expert_params", "user_params", "cohort_metrics", "policy", "state_changing_tools", "read_only_tools"}
@@ -265,6 +290,9 @@ class BcloneConfig:
     bootstrap: int = 2000
     max_error_rate: float = 0.0
     holm: bool = False
+    sequential: bool = False
+    batch: bool = False
+    batch_poll: float = 30.0
     cohort_metrics: Mapping[str, str] = field(default_factory=dict)
     policy: Mapping[str, CohortPolicy] = field(default_factory=dict)
     report_json: str | None = None
@@ -275,6 +303,7 @@ class BcloneConfig:
     baseline: str | None = None
     drift_margin: float = 2.0
     save_baseline: str | None = None
+    profile: bool = False
 
     @property
     def active(self) -> bool:
@@ -287,23 +316,36 @@ def cli_options() -> tuple[Option, ...]:
     return tuple(o for o in OPTIONS if o.name not in _INI_ONLY)
 
 
+def resolve_path(value: str, base: str) -> str:
+    """``value`` made absolute against ``base``; URIs (``s3://...``) and absolute paths unchanged."""
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
 def build_config(
-    cli: Mapping[str, Any], ini: Mapping[str, Any], rootdir: str = "."
+    cli: Mapping[str, Any], ini: Mapping[str, Any], rootdir: str = ".", invocation_dir: str | None = None
 ) -> BcloneConfig:
     """Resolve every option: ``cli[name]`` (None when not given) > ``ini[name]`` > default.
 
     ``cli`` values are raw strings (or lists for repeatable flags, bools for switches);
-    ``ini`` values are strings or lists as pytest returns them (empty when unset).
+    ``ini`` values are what pytest returns for the option's :attr:`Option.ini_type` (empty when
+    unset). Paths are made absolute the way pytest treats its own: a command-line value against
+    the directory pytest was invoked from (``invocation_dir``, like ``--junitxml``), an ini value
+    or a default against ``rootdir`` (where the ini file is).
     """
     values: dict[str, Any] = {"rootdir": rootdir}
     for opt in OPTIONS:
         raw: Any = cli.get(opt.name)
         source = f"command-line option {opt.cli}"
+        base = invocation_dir or rootdir
         if raw is None or raw == [] or (opt.flag and raw is False):
             raw = ini.get(opt.name)
             source = f"ini key {opt.ini_name}"
-            if raw in (None, "", []):
-                values[opt.name] = opt.default
+            base = rootdir
+            if raw is None or (isinstance(raw, (str, list)) and not raw):
+                values[opt.name] = (resolve_path(opt.default, rootdir) if opt.path and opt.default
+                                    else opt.default)
                 continue
         if opt.flag:
             values[opt.name] = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes")
@@ -312,6 +354,8 @@ def build_config(
             raw = raw.splitlines()
         try:
             values[opt.name] = opt.parse(raw) if opt.parse is not _str else str(raw)
+            if opt.path and values[opt.name]:
+                values[opt.name] = resolve_path(str(values[opt.name]), base)
         except (ValueError, json.JSONDecodeError) as exc:
             fix = f"pass {opt.cli}=..." if opt.name not in _INI_ONLY else f"set {opt.ini_name} in your ini file"
             shown = ("(value not shown: it may hold credentials)" if isinstance(exc, _SecretValueError)

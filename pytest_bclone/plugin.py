@@ -42,12 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
     for opt in OPTIONS:
         help_ = f"{opt.help} ({opt.cli})" if opt in cli_options() else opt.help
-        if opt.flag:
-            parser.addini(opt.ini_name, help=help_, type="bool", default=None)
-        elif opt.multiple:
-            parser.addini(opt.ini_name, help=help_, type="linelist", default=None)
-        else:
-            parser.addini(opt.ini_name, help=help_, type="string", default=None)
+        # Typed (int, float, bool, linelist), so pytest 9's native [tool.pytest] table accepts
+        # natural TOML values; pytest.ini and [tool.pytest.ini_options] strings are converted.
+        parser.addini(opt.ini_name, help=help_, type=opt.ini_type, default=None)  # type: ignore[arg-type]
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -60,15 +57,25 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _getini(config: pytest.Config, name: str) -> Any:
+    """``config.getini`` with pytest's own conversion error (``bclone_concurrency = many``) turned
+    into one line naming the key and the fix."""
+    try:
+        return config.getini(name)
+    except (ValueError, TypeError, pytest.UsageError) as exc:  # pytest 9 raises UsageError for bad ini values
+        raise ConfigError(f"ini key {name}: {exc}; fix the value in your ini file (see pytest --help, "
+                          "bclone group)") from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "bclone(cohort=NAME, metric=None, mode=None): the cohort a test gates (replayed up front) and "
         "the cohort whose trajectories parametrise the bclone_case fixture"
     )
     cli = {o.name: config.getoption(f"bclone_{o.name}") for o in cli_options()}
-    ini = {o.name: config.getini(o.ini_name) for o in OPTIONS}
     try:
-        cfg = build_config(cli, ini, str(config.rootpath))
+        ini = {o.name: _getini(config, o.ini_name) for o in OPTIONS}
+        cfg = build_config(cli, ini, str(config.rootpath), str(config.invocation_params.dir))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[CONFIG_KEY] = cfg
@@ -322,6 +329,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     bsession = session.config.stash.get(SESSION_KEY, None)
     if bsession is not None and not _is_worker(session.config):
         session.config.pluginmanager.register(_Controller(session.config, bsession), "bclone-controller")
+        from .progress import terminal_progress
+
+        # Live progress through pytest's terminal writer (the replay runs inside a captured test).
+        bsession.runner.progress = terminal_progress(session.config) or False
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
