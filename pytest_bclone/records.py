@@ -297,9 +297,11 @@ class CallStats:
     cached: bool = False
     error: str | None = None
     price_known: bool = True
+    calls: int = 1  # model calls behind this answer: 0 for a recording read, an episode's count in rollouts
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .agents.base import Agent
+from .agents.base import Agent, needs_calls
 from .agents.recorded import RecordedAgent
 from .agents.user import RecordedUsers, User, UserFactory, ask_user, user_name
 from .errors import BcloneError
@@ -156,7 +156,7 @@ def sum_stats(stats: Sequence[CallStats]) -> CallStats:
     error = next((s.error for s in stats if s.error is not None), None)
     return CallStats(
         totals.prompt_tokens, totals.completion_tokens, totals.cost_usd, totals.latency_s, totals.retries,
-        bool(stats) and totals.cached == len(stats), error, totals.price_known,
+        bool(stats) and totals.cached == len(stats), error, totals.price_known, sum(s.calls for s in stats),
     )
 
 
@@ -332,7 +332,7 @@ class RolloutResult:
 
 def _progress(progress: bool | Progress, total: int, label: str, unit: str) -> Progress:
     if isinstance(progress, Progress):
-        progress.total = total
+        progress.restart(total, label, unit)
         return progress
     return Progress(total, label=label, unit=unit, enabled=None if progress else False)
 
@@ -350,7 +350,8 @@ async def _ask(agent: Agent, state: State, repeat: int) -> AgentReply:
         ))
 
 
-async def _pool(jobs: Sequence[J], concurrency: int, handle: Callable[[J], Awaitable[None]], bar: Progress) -> None:
+async def _pool(jobs: Sequence[J], concurrency: int, handle: Callable[[J], Awaitable[tuple[bool, bool] | None]],
+                bar: Progress) -> None:
     """Run ``handle`` on every job with at most ``concurrency`` in flight.
 
     ``concurrency`` workers pull from one shared iterator (safe: one thread), so however many jobs
@@ -361,8 +362,9 @@ async def _pool(jobs: Sequence[J], concurrency: int, handle: Callable[[J], Await
 
     async def worker() -> None:
         for job in pending:
-            await handle(job)
-            bar.advance()
+            tally = await handle(job)
+            if tally is not None:  # None: a recording was read, no call made
+                bar.advance(cached=int(tally[0]), failed=int(tally[1]))
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -397,13 +399,18 @@ async def replay_async(
     slots: list[dict[str, AgentReply]] = [{} for _ in range(len(points) * repeats)]
     jobs = [(i, r, role) for i in range(len(points)) for r in range(repeats) for role in roles]
 
-    async def handle(job: tuple[int, int, str]) -> None:
+    # Progress counts model calls: reading the recorded expert's action is not one.
+    calling = {role for role in roles if needs_calls(agents[role])}
+
+    async def handle(job: tuple[int, int, str]) -> tuple[bool, bool] | None:
         i, r, role = job
-        slots[i * repeats + r][role] = await _ask(agents[role], points[i].state, r)
+        answer = slots[i * repeats + r][role] = await _ask(agents[role], points[i].state, r)
+        return (answer.stats.cached, answer.failed) if role in calling else None
 
     start = time.monotonic()
     try:
-        await _pool(jobs, concurrency, handle, _progress(progress, len(jobs), "bclone replay", "calls"))
+        await _pool(jobs, concurrency, handle,
+                    _progress(progress, sum(1 for job in jobs if job[2] in calling), "bclone replay", "calls"))
     finally:
         await _close(agents)
     items = tuple(
@@ -544,7 +551,8 @@ async def _recorded_episode(agent: RecordedAgent, trajectory: Trajectory, env: E
     for action in actions:
         for call in action.tool_calls:
             await _execute(env, call)
-    return Episode(trajectory.id, actions, tuple(recording.messages), CallStats(), None, _final_state_ok(env), repeat)
+    return Episode(trajectory.id, actions, tuple(recording.messages), CallStats(calls=0), None, _final_state_ok(env),
+                   repeat)
 
 
 async def rollouts_async(
@@ -566,23 +574,27 @@ async def rollouts_async(
     calls: dict[tuple[str, int, int], CallTotals] = {}
     jobs = [(role, t, r) for t in range(len(trajectories)) for r in range(repeats) for role in roles]
 
-    async def handle(job: tuple[str, int, int]) -> None:
+    async def handle(job: tuple[str, int, int]) -> tuple[bool, bool] | None:
         role, t, r = job
         agent, trajectory = agents[role], trajectories[t]
         env = env_factory(trajectory)  # a fresh environment per episode: episodes never share state
         if isinstance(agent, RecordedAgent):
             slots[job] = await _recorded_episode(agent, trajectory, env, r)
             calls[job] = CallTotals()
+            return None
         else:
             # A fresh user per episode from the same factory: clone and live expert meet the same user.
             stats: list[CallStats] = []
             slots[job] = await run_episode(agent, trajectory, env, repeat=r, max_steps=max_steps,
                                            user=users(trajectory), user_stats=stats)
             calls[job] = CallTotals.of(stats)
+        return slots[job].stats.cached, slots[job].error is not None
 
     start = time.monotonic()
     try:
-        await _pool(jobs, concurrency, handle, _progress(progress, len(jobs), "bclone rollout", "episodes"))
+        await _pool(jobs, concurrency, handle, _progress(
+            progress, sum(1 for job in jobs if not isinstance(agents[job[0]], RecordedAgent)), "bclone rollout",
+            "episodes"))
     finally:
         await _close(agents)
         aclose = getattr(users, "aclose", None)
@@ -622,11 +634,28 @@ def run_rollouts(
     ))
 
 
+class _Box:
+    """Carries a coroutine's result out of ``asyncio.run`` with an opaque repr: on Python 3.11,
+    restoring the SIGINT handler repr's the main task, result included (seconds for a million
+    replies)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+async def _boxed(coro: Coroutine[Any, Any, T]) -> _Box:
+    return _Box(await coro)
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``, also from code that already runs a loop (then on a helper thread)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool:
-        return pool.submit(asyncio.run, coro).result()
+        box = asyncio.run(_boxed(coro))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool:
+            box = pool.submit(asyncio.run, _boxed(coro)).result()
+    return box.value  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ import io
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,13 +190,19 @@ def test_progress_line_shows_done_total_rate_and_eta_only_on_a_terminal() -> Non
         def isatty(self) -> bool:
             return True
 
+    class Calling:  # an agent that makes calls (reading the recorded expert is not one)
+        name = "calling"
+
+        async def act(self, state: Any, *, repeat: int = 0) -> AgentReply:
+            return AgentReply(Action(text="ok"), CallStats(cached=state.step == 0))
+
     tty = Tty()
-    run_replay(POINTS, {"expert": RecordedAgent(TRAJECTORIES)},
+    run_replay(POINTS, {"clone": Calling(), "expert": RecordedAgent(TRAJECTORIES)},
                progress=Progress(0, stream=tty, delay=0.0, interval=0.0))
     out = tty.getvalue()
-    assert "\rbclone replay: 1/12 calls (8%), " in out and "/s, ETA " in out
+    assert "\rbclone replay: 1/12 calls (8%), " in out and "/s, ETA " in out  # the recorded expert's 12 reads: no calls
     assert out.endswith("bclone replay: 12/12 calls (100%), " + out.rsplit("(100%), ", 1)[1])
-    assert out.endswith("ETA 0s\x1b[K\n")
+    assert out.endswith("ETA 0s, 4 cached, 0 failed\x1b[K\n")  # step 0 of each of the 4 trajectories
     quiet = io.StringIO()  # not a terminal: nothing, however long the replay
     bar = Progress(12, stream=quiet, delay=0.0, interval=0.0)
     for _ in range(12):

@@ -50,5 +50,5 @@ class RecordedAgent:
         """The recorded action (the same for every repeat: the recording is one sample)."""
         found = self.action_at(state.trajectory_id, state.step)
         if isinstance(found, str):
-            return AgentReply(None, CallStats(error=found))
-        return AgentReply(found, CallStats())
+            return AgentReply(None, CallStats(error=found, calls=0))
+        return AgentReply(found, CallStats(calls=0))  # read from the dataset: no model call

@@ -219,10 +219,13 @@ def fmt_usd(value: object, known: object = True) -> str:
 
 
 def fmt_seconds(value: object) -> str:
-    """Latency: ``850 ms`` below a second, ``1.24 s`` above."""
+    """Latency: ``0.3 ms`` below 10 ms (a sub-millisecond answer is not ``0 ms``), ``850 ms`` below
+    a second, ``1.24 s`` above."""
     num = number(value)
     if num is None:
         return NA
+    if num < 0.01:
+        return f"{num * 1000:.1f} ms"
     return f"{num * 1000:.0f} ms" if num < 1 else f"{num:.2f} s"
 
 
@@ -308,3 +311,7 @@ def shorten(value: str, width: int) -> str:
     """Cut ``value`` to ``width`` characters (ASCII ``...`` marks the cut), on one line."""
     one_line = " ".join(value.split())
     return one_line if len(one_line) <= width else one_line[: max(1, width - 3)] + "..."
+
+
+OVERLAP_NOTE = "cohorts overlap: a call counts in every cohort of its trajectory"
+"""Said wherever per-cohort counts are shown beside a total they can sum past."""

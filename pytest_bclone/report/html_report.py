@@ -23,6 +23,7 @@ from typing import Any
 
 from ._common import (
     NA,
+    OVERLAP_NOTE,
     action_text,
     atomic_write_text,
     cohort_counts,
@@ -538,7 +539,8 @@ def _agents_card(summary: Mapping[str, Any]) -> str:
             f"<b>{e(role)}</b>", f"<code>{wb(a.get('name') or NA)}</code>", e(fmt_count(a.get("calls"))),
             e(fmt_count(a.get("cached"))), e(fmt_count(a.get("failed"))), e(fmt_count(a.get("retries"))),
             e(fmt_count(a.get("prompt_tokens"))), e(fmt_count(a.get("completion_tokens"))),
-            f"<b>{e(fmt_usd(a.get('cost_usd'), a.get('price_known')))}</b>",
+            f"<b>{e(fmt_usd(a.get('cost_usd'), a.get('price_known')))}</b>"
+            + (" (recorded)" if a.get("cost_source") == "recorded" else ""),
             e(fmt_seconds(a.get("latency_p50_s"))), e(fmt_seconds(a.get("latency_p95_s"))),
         ])
     if not body:
@@ -598,7 +600,8 @@ def _confusions_card(summary: Mapping[str, Any]) -> str:
 
 
 def _dead_and_shift_card(summary: Mapping[str, Any]) -> str:
-    out = ['<section class="card"><h2>Dead-tool calls <small>tools not in the dataset\'s toolset</small></h2>']
+    out = [('<section class="card"><h2>Dead-tool calls <small>tools not in the dataset\'s toolset; '
+            f'{e(OVERLAP_NOTE)}</small></h2>')]
     dead = rows(summary, "dead_tools")
     if dead:
         out.append(_table(["tool", "calls", "cohorts"],
@@ -616,7 +619,7 @@ def _dead_and_shift_card(summary: Mapping[str, Any]) -> str:
                          e(fmt_mean(side.get("clone_mean"))),
                          f"<b>{e(fmt_points(score_diff_points(side.get('expert_mean'), side.get('clone_mean'))))}</b>"])
         threshold = shift.get("threshold")
-        out.append(f"<p><b>{e(fmt_share(shift.get('ood_share')))}</b> of trajectories are out of distribution "
+        out.append(f"<p><b>{e(fmt_share(shift.get('ood_share')))}</b> of eval states (decision points) are out of distribution "
                    f"(shift score &gt; {e(NA if threshold is None else threshold)}); "
                    f"<code>{e(shift.get('metric') or 'score')}</code> on each side:</p>")
         out.append(_table(["side", "n", "expert", "clone", "diff"], body, numeric=(1, 2, 3, 4)))

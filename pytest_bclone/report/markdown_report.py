@@ -16,6 +16,7 @@ from typing import Any
 
 from ._common import (
     NA,
+    OVERLAP_NOTE,
     ReportError,
     action_text,
     atomic_write_text,
@@ -188,7 +189,9 @@ def _agents(summary: Mapping[str, Any]) -> list[str]:
             body.append([role, _code(a.get('name') or NA), fmt_count(a.get("calls")),
                          fmt_count(a.get("cached")), fmt_count(a.get("failed")), fmt_count(a.get("retries")),
                          fmt_count(a.get("prompt_tokens")), fmt_count(a.get("completion_tokens")),
-                         fmt_usd(a.get("cost_usd"), a.get("price_known")), fmt_seconds(a.get("latency_p50_s")),
+                         fmt_usd(a.get("cost_usd"), a.get("price_known"))
+                         + (" (recorded)" if a.get("cost_source") == "recorded" else ""),
+                         fmt_seconds(a.get("latency_p50_s")),
                          fmt_seconds(a.get("latency_p95_s"))])
     if not body:
         return []
@@ -215,8 +218,8 @@ def _dead_tools(summary: Mapping[str, Any]) -> list[str]:
         return []
     body = [[_code(d.get('tool')), fmt_count(d.get("count")), _cell(cohort_counts(d.get("cohorts")))]
             for d in dead]
-    return ["### Dead-tool calls", "", "The clone called tools that are not in the dataset's toolset.", "",
-            *_table(["tool", "calls", "cohorts"], body, "lrl"), ""]
+    intro = f"The clone called tools that are not in the dataset's toolset ({OVERLAP_NOTE})."
+    return ["### Dead-tool calls", "", intro, "", *_table(["tool", "calls", "cohorts"], body, "lrl"), ""]
 
 
 def _shift(summary: Mapping[str, Any]) -> list[str]:
@@ -230,7 +233,7 @@ def _shift(summary: Mapping[str, Any]) -> list[str]:
                      fmt_mean(side.get("clone_mean")),
                      fmt_points(score_diff_points(side.get("expert_mean"), side.get("clone_mean")))])
     return ["### Distribution shift", "",
-            (f"{fmt_share(shift.get('ood_share'))} of trajectories are out of distribution (shift score > "
+            (f"{fmt_share(shift.get('ood_share'))} of eval states (decision points) are out of distribution (shift score > "
             f"{_cell(shift.get('threshold') if shift.get('threshold') is not None else NA)}); "
             f"{_code(shift.get('metric') or 'score')} by side:"), "",
             *_table(["side", "n", "expert", "clone", "diff"], body, "lrrrr"), ""]

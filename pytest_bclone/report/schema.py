@@ -54,7 +54,11 @@ _ACTION = {"type": ["string", "object", "null"]}
 _AGENT = _object(
     {
         "name": _d("agent name: litellm model string, python:module:callable, or 'recorded'", {"type": "string"}),
-        "calls": _d("model calls made (cache hits included)", _COUNT),
+        "calls": _d("model calls made (cache hits included; each call of a rollout episode; 0 for the recorded "
+                    "expert, whose actions are read from the dataset)", _COUNT),
+        "cost_source": _d("calls: priced from this run's calls; recorded: the dataset's recorded cost of serving "
+                          "the evaluated trajectories (the recorded expert makes no call)",
+                          {"enum": ["calls", "recorded"]}),
         "failed": _d("calls that finally failed after retries (excluded from scores, counted as errors)", _COUNT),
         "cached": _d("calls answered from the record/replay cache", _COUNT),
         "prompt_tokens": _d("input tokens over all calls", _INT),
@@ -68,6 +72,7 @@ _AGENT = _object(
     },
     description="usage, cost and latency of one agent over the run",
 )
+_AGENT["required"].remove("cost_source")  # optional: baselines saved before it existed still load
 
 _WORST = _object(
     {
@@ -193,6 +198,11 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "saved_usd": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]},
             })],
         },
+        "malformed_arguments": {
+            "description": "actions per role whose tool-call arguments were not a JSON object (scored as wrong, "
+                           "never a crash), at step items and every rollout turn; optional",
+            "type": "object", "additionalProperties": _COUNT,
+        },
         "batch": {
             "description": "--bclone-batch: per agent and replay, the cache misses sent through the provider "
                            "batch API, how many it answered (now in the cache), failed or left unanswered (those "
@@ -232,6 +242,9 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "confidence": _d("confidence level of the intervals", {"type": "number"}),
                 "holm": _d("whether p-values were Holm-corrected across cohorts", {"type": "boolean"}),
                 "wall_s": _d("wall time of the gate, seconds", _NUM),
+                "phases_s": _d("seconds per phase of the run (startup, load, replay, scoring, shift, statistics, "
+                               "report; exclusive, summed over xdist workers; teardown is not in it); optional",
+                               {"type": "object", "additionalProperties": _NUM}),
             },
             description="how the gate was run",
         ),
@@ -284,7 +297,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                 {"type": "null"},
                 _object({
                     "threshold": _d("shift score above which a trajectory is out of distribution", _NUM),
-                    "ood_share": _d("share of evaluated trajectories that are OOD, in [0, 1]", _NUM),
+                    "ood_share": _d("share of evaluated states (decision points) that are OOD, in [0, 1]", _NUM),
                     "metric": _d("metric whose means are split", {"type": "string"}),
                     "in_distribution": _SPLIT,
                     "out_of_distribution": _SPLIT,
@@ -342,6 +355,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         },
     },
 }
+REPORT_SCHEMA["properties"]["run"]["required"].remove("phases_s")  # optional: summaries built outside a run
 
 
 def validate_summary(summary: object, *, source: str = "the report summary") -> None:

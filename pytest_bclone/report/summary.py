@@ -47,7 +47,10 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
     return {
         "schema": "pytest-bclone/report/1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "dataset": {**info.dataset, "trajectories": len(store.trajectory_ids()), "decision_points": len(step_items)},
+        # Decision points of every evaluated trajectory, rollout-only cohorts included (their
+        # recorded assistant turns), not only the step items.
+        "dataset": {**info.dataset, "trajectories": len(store.trajectory_ids()),
+                    "decision_points": _decision_points(store, trajectories, len(step_items))},
         "run": {
             "clone": info.clone, "expert": info.expert, "modes": store.modes(), "repeats": info.repeats,
             "seed": info.seed, "confidence": info.confidence, "holm": info.holm, "wall_s": round(info.wall_s, 3),
@@ -70,7 +73,28 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
         },
         "drift": None,
         "rollouts": _rollout_summary(store),
+        "malformed_arguments": _malformed(store),
     }
+
+
+def _decision_points(store: ResultsStore, trajectories: Mapping[str, Trajectory], step_items: int) -> int:
+    step_ids = {it.trajectory_id for it in store.items("step", "step")}
+    others = store.trajectory_ids() - step_ids
+    return step_items + sum(len(trajectories[t].assistant_indexes()) for t in others if t in trajectories)
+
+
+def _malformed(store: ResultsStore) -> dict[str, int]:
+    """Actions per role whose tool-call arguments were not a JSON object (scored as wrong, never a
+    crash): at step items, and every turn of rollout episodes."""
+    out = {role: 0 for role in ROLES}
+    for it in store.items():
+        for role in ROLES:
+            if it.level == "step":
+                action = it.action(role)
+                out[role] += int(action is not None and action.unparseable)
+            elif it.mode == "rollout":
+                out[role] += sum(1 for a in it.episode(role) if a.unparseable)
+    return out
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -131,18 +155,28 @@ def score_table(store: ResultsStore, trajectories: Mapping[str, Trajectory] | No
 def agent_figures(store: ResultsStore, role: str, name: str, prices: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
     """Usage, cost and latency of one agent over every item."""
     calls = [c for it in store for c in it.calls(role)]
-    live = [c for c in calls if not c.cached and c.error is None and c.latency_s]
+    live = [c for c in calls if not c.cached and c.error is None and c.latency_s and c.calls]
     lat = sorted(c.latency_s for c in live)
     price = prices.get(name)
     cost = sum(call_cost(c, price) or 0.0 for c in calls)
+    # Model calls, not items: a rollout episode counts each of its calls, a recording read none.
+    made = sum(c.calls for c in calls)
+    recorded = bool(calls) and made == 0 and not any(c.error for c in calls)
+    if recorded:
+        # The recorded expert made no call in this run; what serving its trajectories cost is the
+        # dataset's figure (row metadata), shown as recorded, never as $0.
+        costs = [it.cost(role) for it in store.trajectory_items()]
+        known = [c for c in costs if c is not None]
+        cost = sum(known) if known and len(known) == len(costs) else 0.0
     return {
         "name": name,
-        "calls": len(calls), "failed": sum(1 for c in calls if c.error),
-        "cached": sum(1 for c in calls if c.cached),
+        "calls": made, "failed": sum(1 for c in calls if c.error),
+        "cached": sum(c.calls for c in calls if c.cached),
+        "cost_source": "recorded" if recorded else "calls",
         "prompt_tokens": sum(c.prompt_tokens for c in calls),
         "completion_tokens": sum(c.completion_tokens for c in calls),
         "cost_usd": round(cost, 6),
-        "price_known": all(c.price_known for c in calls) or price is not None,
+        "price_known": (cost > 0 or not calls) if recorded else (all(c.price_known for c in calls) or price is not None),
         "latency_p50_s": round(statistics.median(lat), 4) if lat else None,
         "latency_p95_s": round(lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)], 4) if lat else None,
         "retries": sum(c.retries for c in calls),
@@ -249,7 +283,10 @@ def worst_items(items: Sequence[Item], metric: str, step_items: Any, k: int = 3)
             step, ea, ca = turn if turn is not None else (None, None, None)
         else:
             steps = step_items(it.trajectory_id)
-            first = next((s for s in steps if s.diverges), steps[0] if steps else None)
+            # The first step where the actions differ; none may (a trajectory metric can lose
+            # without a divergent step, e.g. on the outcome): then no step is shown, never one
+            # where both agents agree.
+            first = next((s for s in steps if s.diverges), None)
             step, ea, ca = ((None, None, None) if first is None
                             else (first.step, first.action("expert"), first.action("clone")))
         out.append({

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._common import (
     NA,
+    OVERLAP_NOTE,
     action_text,
     cohort_counts,
     confidence_label,
@@ -83,6 +84,7 @@ def terminal_lines(summary: Mapping[str, Any], verbosity: int = 0) -> list[str]:
         lines += _drift(summary, verbosity)
         lines += _divergences(summary, verbosity)
         lines += _rollouts(summary)
+        lines += _malformed(summary)
         lines += _errors(summary, verbosity)
     lines += _gate(summary)
     return lines
@@ -203,7 +205,8 @@ def _agents(summary: Mapping[str, Any]) -> list[str]:
             role, shorten(text(a.get("name"), NA), 36), fmt_count(a.get("calls")), fmt_count(a.get("cached")),
             fmt_count(a.get("failed")), fmt_count(a.get("retries")),
             f"{fmt_count(a.get('prompt_tokens'))} / {fmt_count(a.get('completion_tokens'))}",
-            fmt_usd(a.get("cost_usd"), a.get("price_known")),
+            fmt_usd(a.get("cost_usd"), a.get("price_known"))
+            + (" (recorded)" if a.get("cost_source") == "recorded" else ""),
             f"{fmt_seconds(a.get('latency_p50_s'))} / {fmt_seconds(a.get('latency_p95_s'))}",
         ])
     if not body:
@@ -261,6 +264,8 @@ def _dead_tools(summary: Mapping[str, Any]) -> list[str]:
     for d in sorted(dead, key=lambda r: -(integer(r.get("count")) or 0)):
         where = cohort_counts(d.get("cohorts"))
         out.append(f"  {text(d.get('tool'))}: {fmt_count(d.get('count'))} calls" + (f" ({where})" if where else ""))
+    if any(sum((d.get("cohorts") or {}).values()) > (integer(d.get("count")) or 0) for d in dead):
+        out.append(f"  ({OVERLAP_NOTE})")
     return out + [""]
 
 
@@ -344,6 +349,15 @@ def sequential_lines(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _malformed(summary: Mapping[str, Any]) -> list[str]:
+    bad = summary.get("malformed_arguments")
+    if not isinstance(bad, Mapping) or not any(integer(v) for v in bad.values()):
+        return []
+    line = (f"malformed tool-call arguments (not a JSON object; scored as wrong): "
+            f"clone {fmt_count(bad.get('clone') or 0)}, expert {fmt_count(bad.get('expert') or 0)}")
+    return [line, ""]
+
+
 def batch_lines(summary: Mapping[str, Any]) -> list[str]:
     """``--bclone-batch``: what each agent's batch sent, got back, and left to live calls."""
     batches = summary.get("batch")
@@ -378,8 +392,15 @@ def _errors(summary: Mapping[str, Any], verbosity: int) -> list[str]:
         + (f"; retries: {retries}" if retries else "")
         + f"; cache: {hits:,} hits, {misses:,} misses{hit_rate}"
     ]
+    examples = rows(errors, "examples")
+    if verbosity == 0 and examples:
+        # The cause at default verbosity: the first failure's first line (-v lists more).
+        ex = examples[0]
+        first = text(ex.get("error")).splitlines()[0] if text(ex.get("error")) else "?"
+        out.append(f"  first failure: {text(ex.get('role'), '?')} {text(ex.get('key'), '?')}: {shorten(first, 140)}"
+                   + ("  (-v lists more)" if len(examples) > 1 else ""))
     if verbosity > 0:
-        for ex in rows(errors, "examples")[:_EXAMPLES_V]:
+        for ex in examples[:_EXAMPLES_V]:
             out.append(f"  {text(ex.get('role'), '?')} {text(ex.get('key'), '?')}: "
                        f"{shorten(text(ex.get('error')), 110)}")
     return out + [""]
