@@ -316,5 +316,9 @@ def decide(
     else:
         decision = "SHIP"
         line = f"BCLONE GATE: SHIP (clone: {', '.join(clone_c)}; {saving_txt})"
+    if decision == "BLOCKED":
+        # A blocked clone serves nothing and saves nothing, whatever its routes would give: every
+        # format shows these figures (one source), so none can read as traffic on the clone.
+        traffic, saved = 0.0, 0.0
     return Decision(decision, line, routes, tuple(sorted(set(blocking))), traffic, saved, tuple(steps),
                     tuple(missing))

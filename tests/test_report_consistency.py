@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_bclone.gate import decide
 from pytest_bclone.report import html, junit_properties, markdown, routes_config, terminal_lines
 from pytest_bclone.report._common import fmt_count, fmt_interval, fmt_pct, fmt_points, fmt_usd
 
@@ -62,3 +63,12 @@ def test_a_blocked_run_shows_no_traffic_on_the_clone_in_any_format() -> None:
     for name, out in _renders(summary).items():
         assert "0%" in out, name
         assert "40%" not in out, name  # what the routes would give if it had shipped is not shown as traffic
+
+
+
+def test_a_blocked_gate_reports_no_traffic_and_no_saving_even_when_some_cohorts_passed() -> None:
+    from .test_gate import TRAJS, _verdict
+
+    d = decide([_verdict("a", "pass"), _verdict("b", "fail"), _verdict("c", "pass")], trajectories=TRAJS)
+    assert d.decision == "BLOCKED" and d.routes["a"] == "clone"  # a passed, but nothing ships
+    assert d.traffic_on_clone_pct == 0.0 and d.estimated_saving_pct == 0.0

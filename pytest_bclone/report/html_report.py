@@ -199,10 +199,8 @@ def _header(summary: Mapping[str, Any]) -> str:
     counts = {s: sum(1 for v in verdicts if v.get("status") == s) for s in ("pass", "fail", "inconclusive")}
     div = section(summary, "divergences")
     drift = summary.get("drift")
+    # The gate's own figures, as every other format shows them (a blocked gate's are 0).
     traffic, saving = fmt_pct(gate.get("traffic_on_clone_pct"), 0), fmt_pct(gate.get("estimated_saving_pct"), 0)
-    if decision == "BLOCKED":
-        # A blocked clone serves nothing, whatever the estimate fields hold.
-        traffic, saving = "0%", "none"
     kpis = [
         (traffic, "of traffic on the clone"),
         (saving, "estimated cost saving"),
