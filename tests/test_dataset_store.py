@@ -676,3 +676,37 @@ def test_a_toolset_object_shared_by_rows_is_encoded_once_but_a_mutated_one_again
     v = DatasetStore(str(tmp_path)).load("v1")
     described = [t.id for t in v.trajectories if "description" in t.tools[0]["function"]]
     assert described == ["t0004", "t0005"]
+
+
+def test_forged_messages_json_is_an_integrity_error_when_used_and_found_by_verify(tmp_path, rows):
+    import pyarrow.parquet as pq
+
+    from pytest_bclone.dataset.store import manifest_fingerprint
+
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    data = tmp_path / "support/v1/data-00000.parquet"
+    table = pq.read_table(data)
+    messages = table.column("messages").to_pylist()
+    messages[1] = messages[1][:-5]  # cut: no longer JSON
+    table = table.set_column(table.schema.get_field_index("messages"), "messages",
+                             pa_array(messages))
+    pq.write_table(table, data, compression="zstd")
+    raw = data.read_bytes()
+
+    def mutate(m):
+        m["files"][0].update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw))
+
+    _edit_manifest(tmp_path / "support/v1", mutate, refingerprint=True)
+    assert manifest_fingerprint(json.loads((tmp_path / "support/v1/manifest.json").read_text()))
+    v = store.load("v1")  # messages are parsed lazily: the load itself cannot see it
+    with pytest.raises(IntegrityError, match=r"stored messages of a trajectory are not valid JSON.*validate"):
+        list(v.trajectories[1].messages)
+    report = store.verify("v1")
+    assert any("row 1: stored JSON does not parse" in p for p in report.problems), report.problems
+
+
+def pa_array(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())

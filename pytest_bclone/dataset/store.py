@@ -135,7 +135,16 @@ class LazyMessages(Sequence[Message]):
     def _load(self) -> list[Message]:
         if self._items is None:
             text = self._array if isinstance(self._array, str) else self._array[self._i].as_py()
-            self._items = json.loads(text)
+            try:
+                items = json.loads(text)
+            except ValueError as exc:  # only a data file forged with matching hashes gets here
+                raise IntegrityError(
+                    f"the stored messages of a trajectory are not valid JSON ({exc}); run `bclone dataset validate` "
+                    f"on the version to list every damaged row, then {_RESTORE}") from None
+            if not isinstance(items, list):
+                raise IntegrityError(f"the stored messages of a trajectory are a JSON {type(items).__name__}, not a "
+                                     f"list; run `bclone dataset validate` on the version, then {_RESTORE}")
+            self._items = items
             self._array = None
         return self._items
 
