@@ -229,6 +229,10 @@ def check(r: Row) -> str:
     return ""
 
 
+def _gates(rows: list[Row], gap: str, which: str) -> int:
+    return sum(r.new_gates if which == "new" else r.old_gates for r in rows if r.setting.gap == gap)
+
+
 def summary(rows: list[Row]) -> str:
     at_margin_new = max(r.rate("new", 2) for r in rows if r.setting.gap == "margin")
     at_margin_old = max(r.rate("old", 2) for r in rows if r.setting.gap == "margin")
@@ -247,10 +251,12 @@ def summary(rows: list[Row]) -> str:
         f"| highest pass rate at gap = margin (<= 5%, target 2.5%) | {_pct(at_margin_new)}% | {_pct(at_margin_old)}% |",
         (f"| mean pass rate at gap = margin over {len([r for r in rows if r.setting.gap == 'margin'])} settings "
          f"| {_pct(mean_new)}% | {_pct(mean_old)}% |"),
-        f"| passes at gap = margin + 3 (must be 0) | {beyond_new} | {beyond_old} |",
+        (f"| passes at gap = margin + 3 (must be 0) | {beyond_new} of {_gates(rows, 'margin+3', 'new')} | "
+         f"{beyond_old} of {_gates(rows, 'margin+3', 'old')} |"),
         (f"| lowest pass rate at gap 0 paired where resolvable ({len(resolvable)} settings, >= 95%) | "
          f"{_pct(min_res)}% | - |"),
-        f"| fails at gap 0 independent (must be 0) | {fails_indep_new} | {fails_indep_old} |",
+        (f"| fails at gap 0 independent (must be 0) | {fails_indep_new} of {_gates(rows, '0 independent', 'new')} | "
+         f"{fails_indep_old} of {_gates(rows, '0 independent', 'old')} |"),
         f"| settings breaking a requirement (new rule) | {len(broken)} of {len(rows)} | - |",
     ])
 
