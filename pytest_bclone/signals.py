@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -33,7 +34,7 @@ __all__ = [
 
 PARENT_POLL_S = 0.2
 """How often a worker checks that its controller is still its parent (seconds)."""
-WORKER_GRACE_S = 5.0
+WORKER_GRACE_S = 3.0
 """How long an orphaned worker may take to unwind before it exits hard (seconds)."""
 
 _interrupted: str | None = None
@@ -75,10 +76,14 @@ def install(config: Any) -> None:
 
     raised: list[int] = []
 
+    parent = os.getppid()
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         note_interrupt("SIGTERM")
         if not worker:
             _signal_children(signal.SIGTERM)
+        elif os.getppid() != parent:  # PR_SET_PDEATHSIG: the controller died
+            _end_orphan()
         if not raised:
             raised.append(signum)
             raise KeyboardInterrupt("SIGTERM")
@@ -88,11 +93,10 @@ def install(config: Any) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
     if worker:
-        parent = os.getppid()
         _die_with_parent()
-        stop = threading.Event()
-        config.add_cleanup(stop.set)
-        threading.Thread(target=_watch_parent, args=(parent, stop), name="bclone-parent-watch", daemon=True).start()
+        # Watches until the process ends (a daemon thread), not until the run's cleanups: an
+        # orphan that already unwound (PDEATHSIG) can still hang on its channel to the controller.
+        threading.Thread(target=_watch_parent, args=(parent,), name="bclone-parent-watch", daemon=True).start()
 
 
 def _die_with_parent() -> None:
@@ -106,16 +110,26 @@ def _die_with_parent() -> None:
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 
-def _watch_parent(parent: int, stop: threading.Event) -> None:
+def _watch_parent(parent: int) -> None:
     """Stop this worker when its controller is gone (the worker is re-parented)."""
-    while not stop.wait(PARENT_POLL_S):
+    while True:
+        time.sleep(PARENT_POLL_S)
         if os.getppid() != parent:
             note_interrupt("controller gone")
+            _end_orphan()
             with contextlib.suppress(OSError):
                 os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread: calls are cancelled
-            if not stop.wait(WORKER_GRACE_S):
-                os._exit(3)  # nobody is left to receive this worker's results
-            return
+            time.sleep(WORKER_GRACE_S)
+            os._exit(3)  # if the alarm could not be set
+
+
+def _end_orphan() -> None:
+    """Nobody is left to receive this worker's results: make sure it ends within the grace period
+    whatever it is doing. SIGALRM's default action ends the process in the kernel, so it works even
+    when the interpreter is stuck finalizing (daemon threads, this watchdog included, can no longer
+    run then); ``os._exit`` from a thread would not."""
+    with contextlib.suppress(Exception):
+        signal.alarm(max(1, int(WORKER_GRACE_S)))
 
 
 def _signal_children(signum: int) -> None:
