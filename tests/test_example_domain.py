@@ -195,3 +195,23 @@ def test_conftest_resolves_the_example_specs() -> None:
     config: pytest.Config = None  # type: ignore[assignment]  # neither spec reads the config
     assert isinstance(pytest_bclone_make_agent("expert", "scripted-expert", config), ScriptedExpert)
     assert pytest_bclone_make_agent("clone", "openai/gpt-4o-mini", config) is None
+
+
+def test_ids_name_tasks_not_versions_and_draw_the_task_again(v7: DatasetVersion, v8: DatasetVersion) -> None:
+    from example_suite.retail.db import DB_SEED, base_database
+    from example_suite.retail.user import ScriptedUser
+
+    ids7, ids8 = {t.id for t in v7.trajectories}, {t.id for t in v8.trajectories}
+    assert not any("v7" in i or "v8" in i for i in ids7 | ids8)
+    shared = ids7 & ids8
+    assert len(shared) > len(ids8) * 3 // 4  # most tasks are in both versions under one id
+    db = base_database(DB_SEED)
+    by7 = {t.id: t for t in v7.trajectories}
+    for t in v8.trajectories[:25]:
+        task = generate.task_of_id(t.id)
+        assert task is not None and generate.trajectory_id(int(t.id.split("-")[1]), task) == t.id
+        opening = next(m["content"] for m in t.messages if m["role"] == "user")
+        assert ScriptedUser(task, db).opening() == opening
+        if t.id in by7:  # the same task: the customer opens the same way in v7
+            assert next(m["content"] for m in by7[t.id].messages if m["role"] == "user") == opening
+    assert generate.task_of_id("retail-00001-000000") is None and generate.task_of_id("other-1") is None
