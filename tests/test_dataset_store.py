@@ -710,3 +710,17 @@ def pa_array(values):
     import pyarrow as pa
 
     return pa.array(values, pa.string())
+
+
+def test_records_built_column_by_column_equal_the_constructed_ones(tmp_path, rows, monkeypatch):
+    from pytest_bclone.dataset import store as st
+
+    store = DatasetStore(str(tmp_path))
+    store.write_version("support", "v1", rows)
+    fast = store.load("v1").trajectories
+    monkeypatch.setattr(st, "MemberDescriptorType", type(None))  # forces the regular constructor
+    slow = store.load("v1").trajectories
+    assert fast == slow and len(fast) == 12
+    for t in fast:
+        assert t._actions is None and t._memo is None and t._indexes is None  # declared defaults
+        assert t.expert_actions() == tuple(p.expert_action for p in t.decision_points())
