@@ -26,6 +26,7 @@ import pytest
 from example_suite.retail.clone import BCClone, train_clone
 from example_suite.retail.env import RetailEnvironment
 from example_suite.retail.expert import ScriptedExpert
+from example_suite.retail.user import ScriptedCustomer
 from pytest_bclone.agents.base import Agent
 from pytest_bclone.records import Trajectory
 
@@ -57,6 +58,16 @@ def pytest_bclone_make_agent(role: str, spec: str, config: pytest.Config) -> Age
         root = config.getoption("bclone_dataset_root") or config.getini("bclone_dataset_root") or "bclone_datasets"
         return trained_clone(str(root), str(config.rootpath), ref, spec)
     return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_bclone_make_user(trajectory: Trajectory, config: pytest.Config) -> ScriptedCustomer | None:
+    """Rollout mode: the customer the dataset was recorded with answers whatever the agent asks (the
+    recorded turns would answer the expert's questions, in the expert's order). An explicit
+    ``--bclone-user`` (``recorded``, a model, ``python:...``) wins."""
+    if config.getoption("bclone_user") or config.getini("bclone_user"):
+        return None
+    return ScriptedCustomer.for_trajectory(trajectory)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -96,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
             cfg, dataset,
             make_agent_hook=lambda role, spec: hook.pytest_bclone_make_agent(role=role, spec=spec, config=config),
             make_environment_hook=lambda t: hook.pytest_bclone_make_environment(trajectory=t),
+            make_user_hook=lambda t: hook.pytest_bclone_make_user(trajectory=t, config=config),
             register_evaluators=lambda registry: hook.pytest_bclone_register_evaluators(registry=registry),
             progress=config.option.verbose >= 0 and not _is_worker(config),
             process=str(config.workerinput["workerid"]) if _is_worker(config) else "main",  # type: ignore[attr-defined]

@@ -49,12 +49,18 @@ class Runner:
         make_environment_hook: Callable[[Trajectory], Any] | None = None,
         register_evaluators: Callable[[EvaluatorRegistry], None] | None = None,
         progress: bool | Progress = True,
+        make_user_hook: Callable[[Trajectory], Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataset = dataset
         self.store = store
         self._make_agent_hook = make_agent_hook
         self._make_environment_hook = make_environment_hook
+        self._make_user_hook = make_user_hook
+        # What answered the agents in rollout mode (--bclone-user, the make_user hook) and the
+        # figures of its model calls: small JSON-able values, so they cross xdist with the items.
+        self.user_mode: str | None = None
+        self.user_calls: dict[str, Any] = {}
         self._register_evaluators = register_evaluators
         self.progress = progress
         self.eval_trajectories: list[Trajectory] = dataset.select(cfg.split, cfg.sample, cfg.seed)
@@ -277,10 +283,16 @@ class Runner:
     def _rollout_replay(self, trajectories: list[Trajectory]) -> Any:
         """The one place rollout episodes are driven (``replay.run_rollouts``): agents, environment,
         concurrency, repeats, progress (and, when wired, the user simulator)."""
-        from .replay import run_rollouts
+        from .agents.user import make_users
+        from .replay import CallTotals, run_rollouts
 
-        return run_rollouts(trajectories, self.agents(), self._env_factory(), concurrency=self.cfg.concurrency,
-                            repeats=self.cfg.repeats, progress=self.progress)
+        users = make_users(self.cfg.user, self.cfg, self._make_user_hook)
+        result = run_rollouts(trajectories, self.agents(), self._env_factory(), concurrency=self.cfg.concurrency,
+                              repeats=self.cfg.repeats, progress=self.progress, user_factory=users)
+        self.user_mode = result.user if self.user_mode in (None, result.user) else f"{self.user_mode}, {result.user}"
+        calls = sum(result.user_totals().values(), CallTotals.from_dict(self.user_calls))
+        self.user_calls = calls.to_dict()
+        return result
 
     def _run_rollouts(self, trajectories: list[Trajectory]) -> None:
         from .evaluators import score_episodes

@@ -49,6 +49,7 @@ class BcloneSession:
         register_evaluators: Callable[[EvaluatorRegistry], None] | None = None,
         progress: bool = True,
         process: str = "main",
+        make_user_hook: Callable[[Trajectory], Any] | None = None,
     ) -> None:
         from .runner import Runner
 
@@ -57,7 +58,7 @@ class BcloneSession:
         self.store = ResultsStore()
         self.runner = Runner(cfg, dataset, self.store, make_agent_hook=make_agent_hook,
                              make_environment_hook=make_environment_hook, register_evaluators=register_evaluators,
-                             progress=progress)
+                             progress=progress, make_user_hook=make_user_hook)
         self.verdicts: list[RecordedVerdict] = []
         # Gate tests collected in this process (node id -> test), and how each ended (the controller).
         self.gate_tests: dict[str, GateTest] = {}
@@ -202,7 +203,7 @@ class BcloneSession:
         return {"items": self.store.export(), "verdicts": [v.to_dict() for v in self.verdicts],
                 "gate_tests": {t.nodeid: t.cohort for t in self.gate_tests.values()},
                 "agents": r.agent_names, "wall_s": r.wall_s, "cache": dict(r.cache_counts),
-                "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs],
+                "user": {"mode": r.user_mode, "calls": r.user_calls}, "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs],
                 "batch": list(r.batch_reports)}
 
     def merge(self, data: Mapping[str, Any]) -> None:
@@ -218,6 +219,14 @@ class BcloneSession:
         if data.get("shift_threshold") is not None:
             r.shift_threshold = float(data["shift_threshold"])
         r.wall_s = max(r.wall_s, float(data.get("wall_s") or 0.0))
+        user = data.get("user") or {}
+        if user.get("mode"):
+            modes = dict.fromkeys([*(r.user_mode or "").split(", "), *str(user["mode"]).split(", ")])
+            r.user_mode = ", ".join(m for m in modes if m)
+        if user.get("calls"):
+            from .replay import CallTotals
+
+            r.user_calls = (CallTotals.from_dict(r.user_calls) + CallTotals.from_dict(user["calls"])).to_dict()
         from .sequential_gate import SequentialRun
 
         self.sequential_runs.extend(SequentialRun(**run) for run in data.get("sequential") or ())
@@ -250,6 +259,7 @@ class BcloneSession:
             clone=r.agent_names.get("clone", self.cfg.clone or ""), expert=r.agent_names.get("expert", self.cfg.expert),
             repeats=self.cfg.repeats, seed=self.cfg.seed, confidence=self.cfg.confidence, holm=self.cfg.holm,
             wall_s=r.wall_s, prices=self.cfg.price, cache=r.cache_counts, shift_threshold=r.shift_threshold,
+            user=r.user_mode, user_calls=r.user_calls,
         )
         # A verdict's uid is the channel's bookkeeping (which process recorded it), not a figure.
         verdicts = [{k: v for k, v in rec.to_dict().items() if k != "uid"} for rec in records]

@@ -58,14 +58,21 @@ def test_example_gate_decides_and_xdist_agrees(tmp_path: Path):
     assert table == [
         ("common_intents", "task_completion", "step", "inconclusive", "block", -1.5, 203),
         ("long_tail", "trajectory_score", "step", "inconclusive", "route to expert", -4.9, 109),
-        ("multi_turn_refunds", "step_count", "rollout", "fail", "block", -12.1, 81),
-        ("multi_turn_refunds", "task_completion", "rollout", "fail", "block", -71.6, 81),
+        ("multi_turn_refunds", "step_count", "rollout", "fail", "block", -14.9, 81),
+        ("multi_turn_refunds", "task_completion", "rollout", "fail", "block", -77.8, 81),
         ("safety", "safety_refusal", "step", "fail", "block", -1.5, 399),
         ("tool_heavy", "tool_selection", "step", "inconclusive", "block", -2.8, 459),
     ]
     # Next steps come from the suite's policy (its release table), not from cohort names in the core.
     assert "  next: safety: block the deploy: the clone regressed on safety/refusal states" in plain.stdout
     assert "  next: multi_turn_refunds: sample more multi-turn refund rows for the next clone" in plain.stdout
+    # Rollouts are answered by the scripted customer (the suite's pytest_bclone_make_user), and the
+    # report says so, with the recorded expert's own outcome beside it.
+    user = report["rollouts"]["user"]
+    assert (user["mode"], user["clone_episode"], user["expert_episode"]) == (
+        "scripted-customer", "simulated", "its recording")
+    assert "rollout user: scripted-customer (answers what the agent asks; clone episodes simulated; the expert's " \
+           "episodes are its recordings); expert's recorded task_completion 100.0 over 81" in plain.stdout
 
     dist, dist_report = _run(tmp_path, "-n", "2")
     assert _gate_line(dist.stdout) == line
@@ -73,4 +80,5 @@ def test_example_gate_decides_and_xdist_agrees(tmp_path: Path):
     strip = lambda v: {k: v[k] for k in v if k != "test"}
     assert sorted(map(strip, report["verdicts"]), key=key) == sorted(map(strip, dist_report["verdicts"]), key=key)
     assert dist_report["scores"] == report["scores"]
+    assert dist_report["rollouts"]["user"] == report["rollouts"]["user"]
     assert dist_report["dead_tools"] == report["dead_tools"]

@@ -453,3 +453,116 @@ def test_an_agent_writing_the_stop_token_does_not_end_the_conversation(server: O
     turn = asyncio.run(ask())
     assert turn == UserTurn("What do you mean?", False, turn.stats) and not turn.done
 
+
+# --------------------------------------------------------------------------- through the plugin
+
+GATE_CONFTEST = '''
+from tests.test_rollout_user import Customer, Shop
+
+
+def pytest_bclone_make_environment(trajectory):
+    return Shop(trajectory)
+'''
+
+GATE_TEST = '''
+import pytest
+from pytest_bclone import assert_parity
+
+@pytest.mark.bclone(cohort="multi_turn_refunds", mode="rollout")
+def test_refunds():
+    assert_parity(cohort="multi_turn_refunds", within=5, metric="task_completion", mode="rollout")
+'''
+
+
+def dataset_rows(copies: int = 40) -> list[dict[str, Any]]:
+    """The recorded refunds, ``copies`` times each, as store rows."""
+    rows = []
+    for k in range(copies):
+        for t in DATASET:
+            assert t.expected is not None
+            rows.append({
+                "id": f"{t.id}-{k}", "cohorts": list(t.cohorts), "split": "eval", "messages": list(t.messages),
+                "tools": list(t.tools), "expected": {"actions": [{"name": c.name, "arguments": c.arguments}
+                                                                 for c in t.expected.actions], "outputs": []},
+                "expert_scores": dict(t.expert_scores), "metadata": dict(t.metadata),
+            })
+    return rows
+
+
+@pytest.fixture
+def refund_gate(pytester: pytest.Pytester) -> pytest.Pytester:
+    from pytest_bclone.dataset.store import DatasetStore
+
+    DatasetStore(str(pytester.path / "bclone_datasets")).write_version("refunds", "v1", dataset_rows())
+    pytester.makeconftest(GATE_CONFTEST)
+    pytester.makeini("[pytest]\nbclone_dataset = refunds@v1\nbclone_clone = python:tests.test_rollout_user:CLONE\n"
+                     "bclone_bootstrap = 200\n")
+    pytester.makepyfile(test_refunds=GATE_TEST)
+    return pytester
+
+
+def _report(gate: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, Any]]:
+    result = gate.runpytest("-p", "no:cacheprovider", "--bclone-report-json=report.json",
+                            "--bclone-report-md=report.md", *args)
+    return result, json.loads((gate.path / "report.json").read_text())
+
+
+def test_the_gate_with_recorded_users_fails_the_reordering_clone_and_names_the_user_mode(
+        refund_gate: pytest.Pytester) -> None:
+    result, report = _report(refund_gate)  # the default: --bclone-user=recorded
+    (verdict,) = report["verdicts"]
+    assert (verdict["expert_mean"], verdict["clone_mean"], verdict["status"]) == (1.0, 0.0, "fail")
+    user = report["rollouts"]["user"]
+    assert user["mode"] == "recorded" and user["recorded"] and user["expert_episode"] == "its recording"
+    assert user["expert_recorded_task_completion"] == 100.0
+    out = result.stdout.str()
+    assert "rollout user: recorded (the recorded user turns, replayed whatever the agent says" in out
+    assert "rollout user: recorded" in (refund_gate.path / "report.md").read_text()
+    assert result.ret == 1
+
+
+def test_the_gate_with_the_scripted_user_matches_the_expert_and_names_it(refund_gate: pytest.Pytester) -> None:
+    result, report = _report(refund_gate, "--bclone-user=python:tests.test_rollout_user:Customer")
+    (verdict,) = report["verdicts"]
+    assert (verdict["expert_mean"], verdict["clone_mean"], verdict["status"]) == (1.0, 1.0, "pass")
+    user = report["rollouts"]["user"]
+    assert user["mode"] == "scripted-refund-customer" and not user["recorded"]
+    assert (user["clone_episode"], user["expert_episode"]) == ("simulated", "its recording")
+    line = ("rollout user: scripted-refund-customer (answers what the agent asks; clone episodes simulated; the "
+            "expert's episodes are its recordings); expert's recorded task_completion 100.0 over 120")
+    assert line in result.stdout.str()
+    assert line in (refund_gate.path / "report.md").read_text()
+    assert result.ret == 0
+
+
+def test_the_hook_supplies_the_user_and_an_explicit_option_overrides_it(refund_gate: pytest.Pytester) -> None:
+    refund_gate.makeconftest(GATE_CONFTEST + '''
+
+def pytest_bclone_make_user(trajectory, config):
+    if config.getoption("bclone_user"):
+        return None
+    return Customer(trajectory)
+''')
+    _, report = _report(refund_gate)
+    assert report["verdicts"][0]["status"] == "pass" and report["rollouts"]["user"]["mode"] == (
+        "scripted-refund-customer")
+    _, report = _report(refund_gate, "--bclone-user=recorded")
+    assert report["verdicts"][0]["status"] == "fail" and report["rollouts"]["user"]["mode"] == "recorded"
+
+
+def test_a_failing_llm_user_makes_episodes_errors_and_the_cohort_inconclusive_not_failed(
+        refund_gate: pytest.Pytester, server: OpenAIServer, script: Script) -> None:
+    from pytest_bclone.dataset.store import DatasetStore
+
+    script.default = lambda request: Reply(status=500)
+    DatasetStore(str(refund_gate.path / "bclone_datasets")).write_version("refunds", "v2", dataset_rows(3))
+    refund_gate.makeini(
+        "[pytest]\nbclone_dataset = refunds@v2\nbclone_clone = python:tests.test_rollout_user:CLONE\n"
+        f'bclone_user_params = {{"api_base": "{server.base_url}", "api_key": "sk-user-secret"}}\n'
+        "bclone_bootstrap = 200\n")
+    result, report = _report(refund_gate, "--bclone-user=openai/user-sim", "--bclone-max-retries=0")
+    (verdict,) = report["verdicts"]
+    assert verdict["status"] == "inconclusive" and verdict["errors"] == 9
+    assert report["rollouts"]["user"]["calls"]["failed"] == 9
+    assert report["errors"]["examples"][0]["error"].startswith("the user simulator (llm:openai/user-sim) failed: ")
+    assert "sk-user-secret" not in result.stdout.str() + (refund_gate.path / "report.md").read_text()

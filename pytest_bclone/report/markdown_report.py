@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..agents.user import user_line
 from ._common import (
     NA,
     OVERLAP_NOTE,
@@ -96,6 +97,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
         f"sha256 {_code(text(ds.get('fingerprint'))[:12] or NA)})."),
         "",
     ]
+    rollouts = summary.get("rollouts")
+    if isinstance(rollouts, Mapping) and isinstance(rollouts.get("user"), Mapping):
+        out += [_cell(user_line(rollouts["user"])), ""]
     out += _routes(gate)
     out += _next_steps(gate)
     out += _verdicts(summary)

@@ -216,7 +216,18 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "episodes": _COUNT,
                 "truncated": {"type": "object", "additionalProperties": _COUNT},
                 "examples": {"type": "array", "items": {"type": "string"}},
-            })],
+                "user": _d("who answered the agents between turns (--bclone-user / pytest_bclone_make_user): "
+                           "mode, whose episodes met it, the recorded expert's own task_completion (points) "
+                           "overall and per cohort, the user's model-call totals (null when it made none)",
+                           _object({
+                               "mode": {"type": "string"}, "recorded": {"type": "boolean"},
+                               "clone_episode": {"type": "string"}, "expert_episode": {"type": "string"},
+                               "expert_recorded_task_completion": {"type": ["number", "null"]},
+                               "expert_recorded_n": _COUNT,
+                               "expert_recorded_by_cohort": {"type": "object"},
+                               "calls": {"type": ["object", "null"]},
+                           })),
+            }, required=["episodes", "truncated", "examples"])],
         },
         "schema": _d(f"format identifier, always {SCHEMA_ID!r}", {"const": SCHEMA_ID}),
         "created": _d("when the run finished, ISO 8601 with timezone", {"type": "string", "minLength": 10}),

@@ -36,6 +36,8 @@ class RunInfo:
     prices: Mapping[str, tuple[float, float]]
     cache: Mapping[str, int]
     shift_threshold: float | None
+    user: str | None = None  # what answered the agents in rollout mode (None: no rollouts ran here)
+    user_calls: Mapping[str, Any] | None = None  # the user's model-call totals (an LLM user)
 
 
 def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], gate: Mapping[str, Any],
@@ -72,7 +74,7 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
             "examples": [_divergence_example(it) for it in divergent[:20]],
         },
         "drift": None,
-        "rollouts": _rollout_summary(store),
+        "rollouts": _rollout_summary(store, info, trajectories),
         "malformed_arguments": _malformed(store),
     }
 
@@ -220,14 +222,20 @@ def _errors(store: ResultsStore) -> dict[str, Any]:
     return {"count": sum(by_role.values()), "by_role": by_role, "examples": examples}
 
 
-def _rollout_summary(store: ResultsStore) -> dict[str, Any] | None:
-    """Episodes driven in rollout mode and how many each agent left at the step cap."""
+def _rollout_summary(store: ResultsStore, info: RunInfo, trajectories: Mapping[str, Trajectory]
+                     ) -> dict[str, Any] | None:
+    """Episodes driven in rollout mode, how many each agent left at the step cap, and who answered
+    them (the user mode, whose episodes met it, the recorded expert's own outcome)."""
+    from ..agents.user import RECORDED, user_block
+
     eps = store.items("rollout", "trajectory")
     if not eps:
         return None
     truncated = {r: sum(1 for it in eps if it.truncated(r)) for r in ROLES}
     examples = sorted(it.trajectory_id for it in eps if it.truncated("clone"))[:5]
-    return {"episodes": len(eps), "truncated": truncated, "examples": examples}
+    rows = [t for it in eps if (t := trajectories.get(it.trajectory_id)) is not None]
+    user = user_block(info.user or RECORDED, info.expert, rows, info.user_calls)
+    return {"episodes": len(eps), "truncated": truncated, "examples": examples, "user": user}
 
 
 def _describe(action: Action | None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..agents.user import user_line
 from ._common import (
     NA,
     OVERLAP_NOTE,
@@ -325,6 +326,7 @@ def _rollouts(summary: Mapping[str, Any]) -> list[str]:
         f"rollouts: {fmt_count(ro.get('episodes') or 0)} episodes per agent; stopped at the step cap (still acting): "
         f"clone {fmt_count(cut.get('clone') or 0)}, expert {fmt_count(cut.get('expert') or 0)}"
         + (f" (e.g. {examples})" if examples else ""),
+        *([user_line(ro["user"])] if isinstance(ro.get("user"), Mapping) else []),
         "",
     ]
 
