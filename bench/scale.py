@@ -12,7 +12,9 @@ then runs, each in a fresh child process so CPU time and peak memory are its own
 
 and prints wall, CPU, peak RSS, decision points per second end to end, the ratios against the
 baseline, and the gate's own phase split from its report (``run.phases_s``: load, replay,
-scoring, shift check, statistics, report; teardown is what is left after the report).
+scoring, shift check, statistics, report; ``rest`` is the wall time no phase covers: collection,
+pytest's hooks, teardown and exit). Under ``-n 2`` the phases are the workers' seconds of work,
+summed, so no ``rest`` is shown. The machine may be shared: compare CPU seconds and peak RSS.
 
     python bench/scale.py [--sizes 10000,100000,1000000] [--xdist]
 """
@@ -176,7 +178,10 @@ def main() -> None:
                 summary = json.loads(report.read_text())
                 points = summary["dataset"]["decision_points"]
                 phases = summary["run"].get("phases_s") or {}
-                phase_txt = " ".join(f"{k}={v:.1f}" for k, v in phases.items())
+                # rest: what no phase covers (collection, pytest's own hooks, teardown and exit)
+                rest = res["wall"] - sum(phases.values()) if phases and not extra else None
+                phase_txt = " ".join(f"{k}={v:.1f}" for k, v in phases.items()) + (
+                    "" if rest is None else f" rest={rest:.1f}")
                 print(f"{points:>9} {label:<14} {res['wall']:>8.1f} {res['cpu']:>8.1f} {res['peak_mb']:>9.0f} "
                       f"{points / res['wall']:>10.0f} {res['wall'] / base['wall']:>7.1f}x  {phase_txt}")
             print(f"{size:>9} {'base: read':<14} {base['wall']:>8.1f} {base['cpu']:>8.1f} {base['peak_mb']:>9.0f}")

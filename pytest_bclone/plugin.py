@@ -81,17 +81,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = cfg
     if not cfg.active:
         return
-    from . import assertions
+    from . import assertions, timing
     from .dataset.store import load_ref
     from .session import BcloneSession
 
     root_source = "--bclone-dataset-root" if cli.get("dataset_root") else (
         "ini bclone_dataset_root" if ini.get("dataset_root") else "the default bclone_dataset_root")
     hook = config.hook
+    timing.reset()  # one gate per process (pytester runs several in one)
+    timing.mark_startup()
     try:
         # Loaded (every hash verified) at configure time: a bad reference or a tampered file stops
         # the run with one clear line before any test runs.
-        dataset = load_ref(cfg.dataset or "", cfg.dataset_root, cfg.rootdir, root_source=root_source)
+        with timing.phase("load"):
+            dataset = load_ref(cfg.dataset or "", cfg.dataset_root, cfg.rootdir, root_source=root_source)
         session = BcloneSession(
             cfg, dataset,
             make_agent_hook=lambda role, spec: hook.pytest_bclone_make_agent(role=role, spec=spec, config=config),
@@ -318,9 +321,11 @@ class _Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from . import timing
         from .reporting import finish
 
-        run = finish(self.session, session, self.config)
+        with timing.phase("report"):
+            run = finish(self.session, session, self.config)
         if run is not None:
             self.config.stash[SUMMARY_KEY] = run
 
@@ -349,3 +354,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from .reporting import terminal
 
     terminal(terminalreporter, run, config.option.verbose)
+    if config.stash[CONFIG_KEY].profile:
+        from . import timing
+
+        terminalreporter.write_line(timing.format_line(timing.snapshot()))

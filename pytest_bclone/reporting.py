@@ -32,7 +32,10 @@ def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Conf
 
     Returns None (no section, no files) when nothing was gated, replayed or run: a run that only
     named a dataset (or only collected) gets no report it did not ask for."""
-    if not bsession.verdicts and not bsession.store and not any(
+    from .signals import interrupted_by, mark_incomplete
+
+    interrupted = interrupted_by()  # SIGTERM / Ctrl-C / a dead controller: report, marked incomplete
+    if not interrupted and not bsession.verdicts and not bsession.store and not any(
             t in bsession.outcomes for t in bsession.gate_tests) and "crashed" not in bsession.outcomes.values():
         return None
     from .redact import redact_obj
@@ -40,6 +43,8 @@ def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Conf
     # No report may carry a secret (an error body that echoed the request's headers, a key in a
     # message): every artifact below, and the terminal section, are written from this copy.
     summary = redact_obj(bsession.summary(track_outcomes=True))
+    if interrupted:
+        mark_incomplete(summary, interrupted)  # the gate line says so, and BLOCKS
     cfg = bsession.cfg
     problems: list[str] = []
 

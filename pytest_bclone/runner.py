@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import timing
 from .config import BcloneConfig
 from .errors import GateError
 from .records import Action, CallStats, DecisionPoint, Score, Trajectory
@@ -147,10 +148,12 @@ class Runner:
         if not todo:
             return
         start = time.monotonic()
-        if mode == "step":
-            self._run_steps(todo)
-        else:
-            self._run_rollouts(todo)
+        # Exclusive phases: the replay and the shift check inside count to their own phase.
+        with timing.phase("scoring"):
+            if mode == "step":
+                self._run_steps(todo)
+            else:
+                self._run_rollouts(todo)
         self._done[mode].update(t.id for t in todo)
         self.wall_s += time.monotonic() - start
         self._collect_cache_counts()
@@ -194,11 +197,13 @@ class Runner:
         points = [p for t in trajectories for p in t.decision_points()]
         if self.cfg.batch:
             self._fill_by_batch(points)
-        result = run_replay(points, self.agents(), concurrency=self.cfg.concurrency, repeats=self.cfg.repeats,
-                            progress=self.progress)
+        with timing.phase("replay"):
+            result = run_replay(points, self.agents(), concurrency=self.cfg.concurrency, repeats=self.cfg.repeats,
+                                progress=self.progress)
         step_metrics, traj_metrics, _, binary = self._metrics()
         repeats = self.cfg.repeats
-        flags = self._ood_flags(points)
+        with timing.phase("shift"):
+            flags = self._ood_flags(points)
         per_point: _PerRepeat = {r: {p.key: [] for p in points} for r in ROLES}
         per_traj: _PerRepeat = {r: {t.id: [] for t in trajectories} for r in ROLES}
         errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}
@@ -297,7 +302,8 @@ class Runner:
     def _run_rollouts(self, trajectories: list[Trajectory]) -> None:
         from .evaluators import score_episodes
 
-        result = self._rollout_replay(trajectories)
+        with timing.phase("replay"):
+            result = self._rollout_replay(trajectories)
         _, _, metrics, binary = self._metrics()
         per: _PerRepeat = {r: {t.id: [] for t in trajectories} for r in ROLES}
         errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}

@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import timing
 from .config import BcloneConfig
 from .errors import GateError
 from .gate import Decision, GateTest, RecordedVerdict, TrajectoryCost, action_for, apply_holm, decide
@@ -158,13 +159,14 @@ class BcloneSession:
 
         self.ensure_judged(cohort, metric)
         items = [it for it in self.cohort_items(cohort, metric, mode) if only is None or it.trajectory_id in only]
-        scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
-        return parity_verdict(
-            cohort, metric, [p[0] for _, p in scored], [p[1] for _, p in scored],
-            within=within, clusters=[it.trajectory_id for it, _ in scored], errors=len(items) - len(scored),
-            total=len(items), confidence=confidence or self.cfg.confidence, resamples=self.cfg.bootstrap,
-            seed=self.cfg.seed, max_error_rate=self.cfg.max_error_rate,
-        )
+        with timing.phase("statistics"):
+            scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
+            return parity_verdict(
+                cohort, metric, [p[0] for _, p in scored], [p[1] for _, p in scored],
+                within=within, clusters=[it.trajectory_id for it, _ in scored], errors=len(items) - len(scored),
+                total=len(items), confidence=confidence or self.cfg.confidence, resamples=self.cfg.bootstrap,
+                seed=self.cfg.seed, max_error_rate=self.cfg.max_error_rate,
+            )
 
     def worst_divergences(self, cohort: str, metric: str, mode: str, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` items where the clone lost most against the expert, as readable step records."""
@@ -204,7 +206,7 @@ class BcloneSession:
                 "gate_tests": {t.nodeid: t.cohort for t in self.gate_tests.values()},
                 "agents": r.agent_names, "wall_s": r.wall_s, "cache": dict(r.cache_counts),
                 "user": {"mode": r.user_mode, "calls": r.user_calls}, "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs],
-                "batch": list(r.batch_reports)}
+                "batch": list(r.batch_reports), "phases_s": timing.snapshot()}
 
     def merge(self, data: Mapping[str, Any]) -> None:
         """Merge a worker's export (items once per key, verdicts once per uid)."""
@@ -231,6 +233,7 @@ class BcloneSession:
 
         self.sequential_runs.extend(SequentialRun(**run) for run in data.get("sequential") or ())
         r.batch_reports.extend(data.get("batch") or ())
+        timing.merge(data.get("phases_s") or {})  # the worker's seconds of work, added per phase
 
     # -- the decision and the report ------------------------------------------------------------------
     def final_verdicts(self) -> list[RecordedVerdict]:
