@@ -252,8 +252,6 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH", path=True),
     Option("profile", "print one line splitting the gate's time into phases (start-up, load, replay, scoring, "
            "shift check, statistics, report); the JSON report always has them (run.phases_s)", False, flag=True),
-    Option("profile", "print one line splitting the gate's time into phases (start-up, load, replay, scoring, "
-           "shift check, statistics, report); the JSON report always has them (run.phases_s)", False, flag=True),
 )
 
 _INI_ONLY = {"clone_params", "expert_params", "user_params", "cohort_metrics", "policy", "state_changing_tools", "read_only_tools"}
