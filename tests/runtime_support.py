@@ -116,11 +116,12 @@ class Faulty:
 
 
 def make_project(pytester: pytest.Pytester, base_url: str, *, api_key: str = "sk-test-runtime-key",
-                 extra_ini: str = "", tests: dict[str, str] | None = None) -> pytest.Pytester:
+                 extra_ini: str = "", tests: dict[str, str] | None = None,
+                 params: dict[str, Any] | None = None) -> pytest.Pytester:
     """A gate project in ``pytester.path``: dataset ``support@v1``, the clone over HTTP, the tests."""
     if not (pytester.path / "bclone_datasets" / "support" / "v1").exists():
         DatasetStore(str(pytester.path / "bclone_datasets")).write_version("support", "v1", rows())
-    params = {"api_base": base_url, "api_key": api_key}
+    params = params or {"api_base": base_url, "api_key": api_key}
     pytester.makeini(
         "[pytest]\n"
         "bclone_dataset = support@v1\n"
