@@ -25,7 +25,9 @@ noisy; ratios are from the same run, modes alternating), 100k trajectories, 1M d
     run  ours / baseline   ours / base-stream   peak ours / baseline   peak ours / base-stream
     1         1.77x              3.19x                 0.87x                   1.19x
     2         2.06x              3.03x                 0.87x                   1.25x
-    (ours-loop, the plain comprehension with the GC on: 2.53x / 4.58x in run 1)
+    3         1.47x              2.44x                 0.89x                   1.11x   (records built per column)
+    (ours-loop, the plain comprehension with the GC on: 2.53x / 4.58x in run 1, 1.98x / 3.28x in run 3;
+    run 3: baseline 2.38 s, base-stream 1.44 s, ours 3.50 s, ours-load 3.13 s; 589 / 471 / 524 MB)
 """
 
 from __future__ import annotations
