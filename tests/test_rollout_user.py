@@ -340,9 +340,12 @@ def test_an_llm_user_plays_the_task_and_a_rerun_sends_zero_requests(server: Open
     script.default = simulator
     cold = llm_run(llm_config(server, tmp_path))
     assert completion(cold, "clone") == [1.0, 1.0, 1.0]
-    assert server.request_count == 3 * 3  # per episode: the reason, the order id, the stop
-    assert cold.user == "llm:openai/user-sim"
     totals = cold.user_totals()
+    # Per episode: the reason, the order id, the stop; plus any retry (a loaded machine can time one out).
+    sent = server.request_count
+    assert sent == 3 * 3 + totals["clone"].retries
+    assert len({json.dumps(r, sort_keys=True) for r in server.requests}) == 9
+    assert cold.user == "llm:openai/user-sim"
     assert (totals["clone"].items, totals["clone"].cached, totals["clone"].failed) == (9, 0, 0)
     assert totals["clone"].prompt_tokens == 9 * 40 and totals["expert"].items == 0
     # The simulator's figures are its own: the clone's (a Python agent) stay at zero tokens.
@@ -354,12 +357,12 @@ def test_an_llm_user_plays_the_task_and_a_rerun_sends_zero_requests(server: Open
     assert not any(STOP_TOKENS[0] in str(m.get("content")) for m in episode.messages)
 
     warm = llm_run(llm_config(server, tmp_path))
-    assert server.request_count == 9  # zero new requests
+    assert server.request_count == sent  # zero new requests
     assert warm.user_totals()["clone"].cached == 9
     assert [e.messages for e in warm.episodes["clone"]] == [e.messages for e in cold.episodes["clone"]]
     # Replay only: still answered from the cache.
     llm_run(llm_config(server, tmp_path, cache_mode="none"))
-    assert server.request_count == 9
+    assert server.request_count == sent
     # The API key is transport, never written to the cache.
     assert "sk-user-secret" not in "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
 
@@ -378,10 +381,11 @@ def test_llm_user_failures_are_failed_calls_and_errored_episodes_never_clone_mis
     assert failed.error is not None and failed.error.startswith(
         "the user simulator (llm:openai/user-sim) failed: ")
     assert "500" in failed.error
-    assert server.request_count == 3 + 3 + (FAST.max_retries + 1)  # two good episodes, one retried call
     totals = result.user_totals()["clone"]
+    # two good episodes (3 calls each) and one call tried 1 + max_retries times (and any other retry)
+    assert server.request_count == 3 + 3 + 1 + totals.retries
     assert (totals.items, totals.failed) == (7, 1)
-    assert totals.retries == FAST.max_retries
+    assert totals.retries >= FAST.max_retries
     # The clone made no failed call; the episode is an error (excluded from scores), not a mistake.
     assert result.totals()["clone"].failed == 0
     assert [e.error is None for e in result.episodes["clone"]] == [True, False, True]
@@ -404,10 +408,12 @@ def test_an_llm_user_refused_access_stops_the_run(server: OpenAIServer, script: 
 def test_an_llm_user_is_deterministic_under_a_seed(server: OpenAIServer, script: Script, tmp_path: Path) -> None:
     script.default = simulator
     llm_run(llm_config(server, tmp_path, cache_mode="off"), DATASET[:1])
-    first = [json.dumps(r, sort_keys=True) for r in server.requests]
+    sent = server.request_count
     llm_run(llm_config(server, tmp_path, cache_mode="off"), DATASET[:1])
-    second = [json.dumps(r, sort_keys=True) for r in server.requests[len(first):]]
-    assert first == second  # the same conversation sends byte-identical requests
+    # (a retry repeats its request byte for byte: compare the distinct requests, in order)
+    first = list(dict.fromkeys(json.dumps(r, sort_keys=True) for r in server.requests[:sent]))
+    second = list(dict.fromkeys(json.dumps(r, sort_keys=True) for r in server.requests[sent:]))
+    assert len(first) == 3 and first == second  # the same conversation sends byte-identical requests
     assert {r["seed"] for r in server.requests} == {0}
     # Another seed is another sample: a cache recorded under seed 0 has no answer for it.
     llm_run(llm_config(server, tmp_path), DATASET[:1])
