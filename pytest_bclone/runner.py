@@ -191,7 +191,7 @@ class Runner:
         return step, traj, roll, binary
 
     def _run_steps(self, trajectories: list[Trajectory]) -> None:
-        from .evaluators import score_steps, score_trajectories
+        from .evaluators import score_steps_columns, score_trajectories_columns
         from .replay import run_replay
 
         points = [p for t in trajectories for p in t.decision_points()]
@@ -204,55 +204,82 @@ class Runner:
         repeats = self.cfg.repeats
         with timing.phase("shift"):
             flags = self._ood_flags(points)
-        per_point: _PerRepeat = {r: {p.key: [] for p in points} for r in ROLES}
-        per_traj: _PerRepeat = {r: {t.id: [] for t in trajectories} for r in ROLES}
+        # Columnar: per role and repeat, one value list per metric (scores aligned with ``points`` /
+        # ``trajectories``, None where not scored); reasons are built only when a report reads them
+        # (_Reasons). Per-point Score objects and dicts were most of the time and the peak memory.
+        n = len(points)
+        keys = [p.key for p in points]
+        replies = {r: [[result.reply(key, r, rep) for key in keys] for rep in range(repeats)] for r in ROLES}
+        point_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
+        traj_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
+        point_reasons: list[Any] = [None] * n  # the clone's repeat 0: (columns, pair index)
+        traj_reasons: dict[str, Any] = {}
         errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}
+        shared: dict[tuple[float, ...], tuple[float, ...]] = {}
         for role in ROLES:
             for rep in range(repeats):
-                replies = [(p, result.reply(p.key, role, rep)) for p in points]
-                for p, reply in replies:
+                rl = replies[role][rep]
+                for p, reply in zip(points, rl):
                     if reply.failed:
                         errors[role].setdefault(p.key, reply.stats.error or "failed")
                         errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
-                ok = [(p, r.action) for p, r in replies if r.action is not None]
-                scored = score_steps(self.registry, step_metrics, ok)
-                by_key = {p.key: {m: scored[m][i] for m in step_metrics} for i, (p, _) in enumerate(ok)}
-                for p, _ in replies:
-                    per_point[role][p.key].append(by_key.get(p.key))
-                failed_traj = {p.trajectory_id for p, r in replies if r.failed}
+                ok = [i for i in range(n) if rl[i].action is not None]
+                pairs = [(points[i], rl[i].action) for i in ok]
+                cols = score_steps_columns(self.registry, step_metrics, pairs)
+                columns = [cols.values[m].tolist() for m in step_metrics]
+                vals: list[tuple[float, ...] | None] = [None] * n
+                for j, i in enumerate(ok):
+                    row = tuple(c[j] for c in columns)
+                    vals[i] = shared.setdefault(row, row)  # few distinct score rows: one tuple each
+                    if role == "clone" and rep == 0:
+                        point_reasons[i] = (cols, j)
+                point_vals[role].append(vals)
+                failed_traj = {points[i].trajectory_id for i in range(n) if rl[i].failed}
                 groups: dict[str, list[tuple[DecisionPoint, Action]]] = {}
-                for p, a in ok:
+                for p, a in pairs:
                     if p.trajectory_id not in failed_traj:
-                        groups.setdefault(p.trajectory_id, []).append((p, a))
+                        groups.setdefault(p.trajectory_id, []).append((p, a))  # type: ignore[arg-type]
                 glist = list(groups.values())
-                tscored = score_trajectories(self.registry, traj_metrics, glist) if glist else {}
-                tby = {g[0][0].trajectory_id: {m: tscored[m][i] for m in traj_metrics} for i, g in enumerate(glist)}
-                for t in trajectories:
-                    per_traj[role][t.id].append(tby.get(t.id))
+                tvals: dict[str, tuple[float, ...]] = {}
+                if glist:
+                    tcols = score_trajectories_columns(self.registry, traj_metrics, glist)
+                    tcolumns = [tcols.values[m].tolist() for m in traj_metrics]
+                    for g, group in enumerate(glist):
+                        tid = group[0][0].trajectory_id
+                        tvals[tid] = tuple(c[g] for c in tcolumns)
+                        if role == "clone" and rep == 0:
+                            traj_reasons[tid] = (tcols, g)
+                traj_vals[role].append([tvals.get(t.id) for t in trajectories])
         step_m, traj_m = tuple(step_metrics), tuple(traj_metrics)
+        calls_seen: dict[tuple[CallStats, ...], tuple[CallStats, ...]] = {}  # equal figures share one tuple
         for i, p in enumerate(points):
             flag = flags[i] if flags else None
-            replies0 = {r: result.reply(p.key, r, 0) for r in ROLES}
-            clone0 = replies0["clone"].action
-            self.store.put(_item(
+            clone0, expert0 = replies["clone"][0][i].action, replies["expert"][0][i].action
+            clone_calls = tuple(replies["clone"][k][i].stats for k in range(repeats))
+            expert_calls = tuple(replies["expert"][k][i].stats for k in range(repeats))
+            self.store.put(_item_from_values(
                 ItemKey("step", "step", p.key), p.trajectory_id, p.step, p.cohorts, step_m,
-                {r: per_point[r][p.key] for r in ROLES}, binary, {r: errors[r].get(p.key) for r in ROLES},
-                clone_action=clone0, expert_action=replies0["expert"].action,
+                {r: [point_vals[r][k][i] for k in range(repeats)] for r in ROLES}, binary,
+                {r: errors[r].get(p.key) for r in ROLES}, point_reasons[i],
+                clone_action=clone0, expert_action=expert0,
                 # Call figures live on their item, so an item replayed by two xdist workers is
                 # counted once when the controller merges by key.
-                clone_calls=tuple(result.reply(p.key, "clone", k).stats for k in range(repeats)),
-                expert_calls=tuple(result.reply(p.key, "expert", k).stats for k in range(repeats)),
+                clone_calls=calls_seen.setdefault(clone_calls, clone_calls),
+                expert_calls=calls_seen.setdefault(expert_calls, expert_calls),
                 dead=_dead_tools(p, clone0),
                 ood=None if flag is None else bool(flag.is_ood),
                 distance=None if flag is None else round(float(flag.distance), 6),
             ))
-        for t in trajectories:
+        first = 0
+        for g, t in enumerate(trajectories):
             steps = len(t.assistant_indexes())
-            costs = {r: self.trajectory_cost(t, r, [result.reply(f"{t.id}#{k}", r, 0).stats for k in range(steps)])
+            costs = {r: self.trajectory_cost(t, r, [replies[r][0][first + k].stats for k in range(steps)])
                      for r in ROLES}
-            self.store.put(_item(
+            first += steps
+            self.store.put(_item_from_values(
                 ItemKey("step", "trajectory", t.id), t.id, None, t.cohorts, traj_m,
-                {r: per_traj[r][t.id] for r in ROLES}, binary, {r: errors[r].get(t.id) for r in ROLES},
+                {r: [traj_vals[r][k][g] for k in range(repeats)] for r in ROLES}, binary,
+                {r: errors[r].get(t.id) for r in ROLES}, traj_reasons.get(t.id),
                 clone_cost=costs["clone"], expert_cost=costs["expert"],
             ))
 
@@ -446,6 +473,71 @@ def _item(
             reasons = tuple(full[0][m].reason for m in metrics)
     return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
                 reasons, errors["clone"], errors["expert"], **extra)
+
+
+class _Reasons(Sequence[str]):
+    """The clone's reasons of one item, aligned with its metrics, built from the scoring columns
+    when read: a report shows a few, and building every one cost most of the scoring time."""
+
+    __slots__ = ("_cols", "_i")
+
+    def __init__(self, cols: Any, i: int) -> None:
+        self._cols = cols
+        self._i = i
+
+    def __len__(self) -> int:
+        return len(self._cols.metrics)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return tuple(self)[k]
+        return self._cols.score(self._cols.metrics[k], self._i).reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+def _item_from_values(
+    key: ItemKey,
+    trajectory_id: str,
+    step: int | None,
+    cohorts: tuple[str, ...],
+    metrics: tuple[str, ...],
+    per_repeat: Mapping[str, list[tuple[float, ...] | None]],
+    binary: Mapping[str, bool],
+    errors: Mapping[str, str | None],
+    reasons_at: tuple[Any, int] | None,
+    **extra: Any,
+) -> Item:
+    """:func:`_item` for columnar scores: per role, per repeat, the values aligned with ``metrics``
+    (None: not scored); ``reasons_at`` is where the clone's repeat-0 reasons are, (columns, index)."""
+    scores: dict[str, tuple[float, ...] | None] = {}
+    for role in ROLES:
+        reps = per_repeat[role]
+        if errors[role] is not None or not reps or any(r is None for r in reps):
+            scores[role] = None
+            continue
+        full = [r for r in reps if r is not None]
+        if len(full) == 1:
+            scores[role] = full[0]  # one sample: min and mean of one value are the value (as _item)
+            continue
+        merged = []
+        for m, metric in enumerate(metrics):
+            values = [r[m] for r in full]
+            # as in _item: pass^k (min) for binary metrics, the mean for graded ones
+            merged.append(min(values) if binary.get(metric) else sum(values) / len(values))
+        scores[role] = tuple(merged)
+    reasons: Sequence[str] = ()
+    if scores["clone"] is not None and reasons_at is not None and metrics:
+        reasons = _Reasons(*reasons_at)
+    return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
+                reasons, errors["clone"], errors["expert"], **extra)  # type: ignore[arg-type]
 
 
 def _dead_tools(point: DecisionPoint, action: Action | None) -> tuple[str, ...]:

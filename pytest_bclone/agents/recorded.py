@@ -44,7 +44,8 @@ class RecordedAgent:
                 f"trajectory {trajectory_id!r} has {len(indexes)} recorded assistant turns; "
                 f"there is no recorded action at step {step}"
             )
-        return Action.from_message(trajectory.messages[indexes[step]])
+        # Parsed once per load and shared with the evaluators' expert side (records.Trajectory).
+        return trajectory.expert_actions()[step]
 
     async def act(self, state: State, *, repeat: int = 0) -> AgentReply:
         """The recorded action (the same for every repeat: the recording is one sample)."""
