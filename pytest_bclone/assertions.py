@@ -94,6 +94,14 @@ def assert_parity(
         verdict = session.parity(cohort, float(within), metric, mode, confidence)
         worst = session.worst_divergences(cohort, metric, mode) if not verdict.passed else []
     except BcloneError as exc:
+        from .errors import ModelAccessError
+
+        if isinstance(exc, ModelAccessError):
+            # A refused key or an unknown model will refuse every later call too: stop the run
+            # after this test (one failure naming the agent and the fix, not one per test).
+            failing = current_item()
+            if failing is not None:
+                failing.session.shouldstop = f"bclone: {exc}"
         pytest.fail(f"bclone: {exc}", pytrace=False)
     item = current_item()
     rec = session.record(verdict, mode=mode, on_fail=on_fail, test=item.nodeid if item is not None else "",

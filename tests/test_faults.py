@@ -84,3 +84,5 @@ def test_a_refused_key_or_unknown_model_stops_the_run_with_one_message(pytester:
     assert f"the clone openai/acme-clone-v8 at {server.base_url} cannot be used: {said}" in out
     assert "then rerun (not retried" in out
     assert "Traceback" not in out
+    # The run stops after the first gate test: one failure, not one per test.
+    assert result.parseoutcomes().get("failed") == 1 and "Interrupted: bclone: the clone" in out
