@@ -31,7 +31,7 @@ TRAJECTORY_MATCH = ("strict", "unordered", "subset", "superset")
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if isinstance(text, float) or isinstance(text, bool):  # a TOML 2.5 or true is not an integer
+        if isinstance(text, (float, bool)):  # a TOML 2.5 or true is not an integer
             raise ValueError("must be an integer")  # noqa: TRY004 (build_config reports ValueError)
         value = int(text)
         if value < lo or (hi is not None and value > hi):

@@ -275,7 +275,8 @@ class OpenAIServer:
             return
         if script.outcome == "expired":
             lines = lines[: script.expire_after_lines]
-        out, err = [], []
+        out: list[dict[str, Any]] = []
+        err: list[dict[str, Any]] = []
         for line in lines:
             try:
                 answer = self.responder(line["body"])
