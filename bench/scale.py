@@ -157,6 +157,10 @@ def main() -> None:
     parser.add_argument("--xdist", action="store_true", help="also run the gate with -n 2")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # Every child then compiles (and pytest assertion-rewrites) every module it imports: the
+        # start-up figures include it, for the gate and the bare pytest start alike.
+        print("note: PYTHONDONTWRITEBYTECODE is set: start-up includes compiling every imported module")
     print(f"{'points':>9} {'run':<14} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'points/s':>10} {'vs base':>8}  phases")
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="bclone-scale-") as tmp:

@@ -107,6 +107,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except BcloneError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
+    import gc
+
+    # The loaded dataset lives to the end of the run: out of the cyclic GC's reach, no full
+    # collection (the replay's, pytest's own at exit) rescans its millions of objects.
+    gc.freeze()
     current: list[pytest.Item | None] = [None]
     config.stash[CURRENT_KEY] = current
     assertions.activate(session, lambda: current[0])

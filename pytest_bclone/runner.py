@@ -11,6 +11,7 @@ No pytest import: the plugin passes its hooks in as plain callables.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,9 @@ class Runner:
             else:
                 self._run_rollouts(todo)
         self._done[mode].update(t.id for t in todo)
+        # The items and the parsed actions just built live to the end of the run: frozen out of the
+        # cyclic GC's reach, later full collections (pytest's own at exit too) do not rescan them.
+        gc.freeze()
         self.wall_s += time.monotonic() - start
         self._collect_cache_counts()
 

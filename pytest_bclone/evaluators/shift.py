@@ -200,9 +200,11 @@ class DistributionShift:
             for s in states
         )
         rows = self._rows(token_lists)
-        if not rows:
-            return []
-        return [float(d) for d in self._nearest(self._matrix(rows))]
+        # One block of eval states at a time: a dense matrix of every state is 2 GB at a million.
+        out: list[float] = []
+        for start in range(0, len(rows), self.block):
+            out.extend(float(d) for d in self._nearest(self._matrix(rows[start:start + self.block])))
+        return out
 
     def flag(self, states: Sequence[DecisionPoint | State]) -> list[ShiftFlag]:
         """One :class:`ShiftFlag` per state: distance to the train split and out-of-distribution flag."""
