@@ -87,6 +87,10 @@ def assert_parity(
             raise GateError(f"mode={mode!r} is not one of {', '.join(MODES)}")
         if not isinstance(within, (int, float)) or within < 0:
             raise GateError(f"within={within!r} must be a number of points >= 0 (e.g. within=3 for 3 points)")
+        if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
+                                       or not 0.5 <= confidence < 1):
+            raise GateError(f"confidence={confidence!r} must be a level from 0.5 up to (not including) 1, such as "
+                            "0.95; leave it out to use --bclone-confidence")
         session.check_cohort(cohort, f"assert_parity(cohort={cohort!r})")
         on_fail, remedy = resolve(session.cfg.policy, cohort, on_fail, remedy)
         metric = metric or session.default_metric(cohort)

@@ -202,12 +202,29 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     bsession = config.stash.get(SESSION_KEY, None)
     if bsession is None:
         return
+    known: set[str] | None = None
     for item in items:
         try:
             kwargs = _marker_kwargs(item)
         except BcloneError as exc:
             raise pytest.UsageError(str(exc)) from None
-        if kwargs and kwargs.get("cohort") in bsession.cohorts:
+        if kwargs and "cohort" in kwargs:
+            cohort = kwargs["cohort"]
+            if not isinstance(cohort, str) or not cohort:
+                raise pytest.UsageError(
+                    f"@pytest.mark.bclone on {item.nodeid}: cohort={cohort!r} names no cohort; pass the cohort's "
+                    "name, e.g. @pytest.mark.bclone(cohort='long_tail')")
+            if known is None:
+                known = set(bsession.dataset.cohorts)  # once: bclone_case parametrises many items
+            if cohort not in known:
+                # A name the dataset does not know at all is a typo: stop before anything runs. (A
+                # cohort that only a --bclone-sample left empty fails its own assertions instead.)
+                try:
+                    bsession.check_cohort(cohort, f"@pytest.mark.bclone on {item.nodeid}")
+                except BcloneError as exc:
+                    raise pytest.UsageError(str(exc)) from None
+            if cohort not in bsession.cohorts:
+                continue
             mode = kwargs.get("mode") or bsession.cfg.mode
             bsession.declared_cohorts.setdefault(mode, set()).add(kwargs["cohort"])
     if _is_worker(config):
