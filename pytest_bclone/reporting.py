@@ -45,6 +45,10 @@ def finish(bsession: BcloneSession, session: pytest.Session, config: pytest.Conf
     summary = redact_obj(bsession.summary(track_outcomes=True))
     if interrupted:
         mark_incomplete(summary, interrupted)  # the gate line says so, and BLOCKS
+    from . import timing
+
+    # Where the run's time went so far (this process plus its xdist workers' work), up to now.
+    summary["run"]["phases_s"] = timing.snapshot()
     cfg = bsession.cfg
     problems: list[str] = []
 
