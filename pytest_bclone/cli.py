@@ -213,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}: {', '.join(store.versions(name)) or '(no complete version)'}")
         if not names:
             print(f"no datasets under {store.display}")
+        for leftover in store.staging_leftovers():  # a killed import's half-written directory
+            print(f"note: {leftover.describe()}")
         return 0
     if args.cmd == "show":
         version = _load(args, args.ref, "show")
@@ -512,9 +514,14 @@ def _validate(args: argparse.Namespace) -> int:
     is_file = os.path.isfile(args.target) or (os.path.isdir(args.target) and not os.path.isfile(
         os.path.join(args.target, "manifest.json")) and os.path.isfile(os.path.join(args.target, "tasks.json")))
     if not is_file:
-        v = _load(args, args.target, "validate")
-        print(f"{v.ref}: {len(v.trajectories)} trajectories, every file matches its sha256 ({v.fingerprint})")
-        return 0
+        # A stored version: every problem listed (fingerprint, paths, each file, counts against the
+        # data, every row), never only the first; a damaged version exits 2.
+        from .dataset.store import MANIFEST
+
+        store = _store(args, must_exist=not os.path.isfile(os.path.join(args.target, MANIFEST)))
+        report = store.verify(args.target, source="bclone dataset validate")
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 2
     fmt = sniff_format(args.target) if args.format == "auto" else args.format
     if fmt == "openai-jsonl":
         return _validate_jsonl(args.target)

@@ -353,3 +353,33 @@ def test_openai_jsonl_import_streams_and_names_duplicate_ids(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "'x' appears 2 times" in err
     code, out, _ = run(capsys, "dataset", "validate", str(dup))
     assert code == 1 and f"{dup}:3: row id 'x' appears 2 times" in out and "2 valid, 1 invalid" in out
+
+
+def test_validate_of_a_stored_version_lists_every_problem_and_exits_2(tmp_path, capsys):
+    from pytest_bclone.dataset.store import DatasetStore
+
+    root = tmp_path / "store"
+    DatasetStore(str(root)).write_version("support", "v1", [make_row(i) for i in range(6)])
+    code, out, _ = run(capsys, "dataset", "--root", str(root), "validate", "support@v1")
+    assert code == 0, out
+    version = root / "support" / "v1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["counts"]["trajectories"] = 99  # an edited count: the fingerprint no longer matches
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    data = next(version.glob("*.parquet"))
+    data.write_bytes(data.read_bytes()[:-40])  # and a truncated data file
+    code, out, _ = run(capsys, "dataset", "validate", "support@v1", "--root", str(root))
+    assert code == 2
+    assert "fingerprint" in out and data.name in out  # both problems, not only the first
+    assert "Traceback" not in out
+
+
+def test_ls_notes_a_killed_imports_staging_directory(tmp_path, capsys):
+    from pytest_bclone.dataset.store import DatasetStore
+
+    root = tmp_path / "store"
+    DatasetStore(str(root)).write_version("support", "v1", [make_row(i) for i in range(2)])
+    (root / "support" / ".staging-v2-deadbeef").mkdir()  # what a killed import leaves
+    code, out, _ = run(capsys, "dataset", "ls", "--root", str(root))
+    assert code == 0 and "support: v1" in out
+    assert "note:" in out and ".staging-v2-deadbeef" in out
