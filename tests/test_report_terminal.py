@@ -45,7 +45,7 @@ def test_default_shows_every_section_and_ends_with_the_gate_line_and_next_steps(
     assert "DRIFT" in out and "common_intents      task_completion  " not in out.split("drift vs")[1]
     assert "failed model calls: 3 (clone 3, expert 0)" in out
     assert "retries: clone 17, expert 4; cache: 52,066 hits, 10,355 misses (83.4% hits)" in out
-    assert "divergent states: 1,114 of 8,904 decision points (12.5%)" in out
+    assert "divergent states: 1,114 of 8,904 step-mode decision points (12.5%)" in out
     # -v material stays out
     assert "all scores" not in out and "worst items" not in out and "t01290/step1/r0" not in out
     assert all(line.isascii() for line in lines)

@@ -651,7 +651,7 @@ def _divergences_card(summary: Mapping[str, Any]) -> str:
         return ""
     examples = rows(div, "examples")
     return ('<section class="card"><h2>Divergent states <small>'
-            f"{e(fmt_count(div.get('count')))} of {e(fmt_count(div.get('states')))} decision points "
+            f"{e(fmt_count(div.get('count')))} of {e(fmt_count(div.get('states')))} step-mode decision points "
             f"({e(fmt_share(div.get('rate')))}) where the clone's action differs from the expert's</small></h2>"
             + "".join(_example(_where(x), x.get("expert_action"), x.get("clone_action")) for x in examples)
             + '<p class="note">Every divergent state: --bclone-divergences=divergences.parquet</p></section>')

@@ -281,7 +281,7 @@ def _divergences(summary: Mapping[str, Any]) -> list[str]:
     if not integer(div.get("count")) and not integer(div.get("states")):
         return []
     out = ["### Divergent states", "",
-           (f"{fmt_count(div.get('count'))} of {fmt_count(div.get('states'))} decision points "
+           (f"{fmt_count(div.get('count'))} of {fmt_count(div.get('states'))} step-mode decision points "
            f"({fmt_share(div.get('rate'))}) where the clone's action differs from the expert's."), ""]
     examples = rows(div, "examples")
     if examples:

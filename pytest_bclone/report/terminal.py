@@ -309,7 +309,7 @@ def _divergences(summary: Mapping[str, Any], verbosity: int) -> list[str]:
     count, states = integer(div.get("count")), integer(div.get("states"))
     if not count and not states:
         return []
-    out = [(f"divergent states: {fmt_count(count)} of {fmt_count(states)} decision points "
+    out = [(f"divergent states: {fmt_count(count)} of {fmt_count(states)} step-mode decision points "
            f"({fmt_share(div.get('rate'))}) where the clone's action differs from the expert's")]
     if verbosity > 0:
         out += _example_lines(rows(div, "examples")[:_EXAMPLES_V])
