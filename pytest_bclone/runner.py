@@ -446,6 +446,16 @@ class Runner:
         return total
 
 
+def _fold(samples: Sequence[tuple[float, ...]], metrics: tuple[str, ...], binary: Mapping[str, bool]) -> tuple[float, ...]:
+    """One score per metric from a role's repeats (each aligned with ``metrics``). Binary metrics
+    use pass^k (every one of the k samples must succeed: a safety regression in any sample is a
+    regression); graded metrics use the mean. One sample is its own score."""
+    if len(samples) == 1:
+        return samples[0]
+    return tuple(min(values) if binary.get(metric) else sum(values) / len(values)
+                 for metric, values in zip(metrics, zip(*samples, strict=True), strict=True))
+
+
 def _item(
     key: ItemKey,
     trajectory_id: str,
@@ -466,13 +476,7 @@ def _item(
             scores[role] = None
             continue
         full = [r for r in reps if r is not None]
-        merged = []
-        for metric in metrics:
-            values = [r[metric].value for r in full]
-            # Binary metrics with repeats use pass^k (every one of the k samples must succeed): a
-            # safety regression in any sample is a regression. Graded metrics use the mean.
-            merged.append(min(values) if binary.get(metric) else sum(values) / len(values))
-        scores[role] = tuple(merged)
+        scores[role] = _fold([tuple(r[m].value for m in metrics) for r in full], metrics, binary)
         if role == "clone":
             reasons = tuple(full[0][m].reason for m in metrics)
     return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
@@ -527,16 +531,7 @@ def _item_from_values(
         if errors[role] is not None or not reps or any(r is None for r in reps):
             scores[role] = None
             continue
-        full = [r for r in reps if r is not None]
-        if len(full) == 1:
-            scores[role] = full[0]  # one sample: min and mean of one value are the value (as _item)
-            continue
-        merged = []
-        for m, metric in enumerate(metrics):
-            values = [r[m] for r in full]
-            # as in _item: pass^k (min) for binary metrics, the mean for graded ones
-            merged.append(min(values) if binary.get(metric) else sum(values) / len(values))
-        scores[role] = tuple(merged)
+        scores[role] = _fold([r for r in reps if r is not None], metrics, binary)
     reasons: Sequence[str] = ()
     if scores["clone"] is not None and reasons_at is not None and metrics:
         reasons = _Reasons(*reasons_at)

@@ -57,15 +57,6 @@ def test_every_format_shows_the_same_figures(build: Any) -> None:
         assert float(props["bclone_diff"]) == pytest.approx(v["diff"]) and props["bclone_status"] == v["status"]
 
 
-def test_a_blocked_run_shows_no_traffic_on_the_clone_in_any_format() -> None:
-    summary = blocked_summary()
-    summary["gate"]["traffic_on_clone_pct"] = 0.0
-    for name, out in _renders(summary).items():
-        assert "0%" in out, name
-        assert "40%" not in out, name  # what the routes would give if it had shipped is not shown as traffic
-
-
-
 def test_a_blocked_gate_reports_no_traffic_and_no_saving_even_when_some_cohorts_passed() -> None:
     from .test_gate import TRAJS, _verdict
 
