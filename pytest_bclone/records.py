@@ -8,6 +8,7 @@ crosses the pytest-xdist channel unchanged.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -182,7 +183,7 @@ class Trajectory:
         """The recorded expert's action at every decision point, in order (parsed once, then cached)."""
         actions = self._actions
         if actions is None:
-            messages = self.messages
+            messages = parsed_messages(self)
             indexes = tuple(self.assistant_indexes())
             actions = tuple(Action.from_message(messages[i]) for i in indexes)
             object.__setattr__(self, "_indexes", indexes)
@@ -216,6 +217,45 @@ class Trajectory:
         # and a large dataset derives a million of them.
         make = tuple.__new__
         return [make(DecisionPoint, (self, step, idx)) for step, idx in enumerate(self.assistant_indexes())]
+
+
+# The parsed messages of the last few trajectories read through :func:`parsed_messages` (by
+# trajectory identity; the trajectory is held so its id is not reused). Replay and scoring walk
+# trajectories in order, so a small window serves every state of a trajectory from one parse.
+_PARSED: OrderedDict[int, tuple[Trajectory, Sequence[Message]]] = OrderedDict()
+_PARSED_KEEP = 64
+
+
+def parsed_messages(trajectory: Trajectory) -> Sequence[Message]:
+    """The messages of ``trajectory``, parsed, without making a lazily stored trajectory keep them.
+
+    A trajectory loaded from the store holds its messages as the stored JSON (``LazyMessages``),
+    which keeps its parse once read. Reading a million decision points that way keeps every
+    message dict of the run alive (the largest share of a large gate's memory), although each is
+    needed only while its trajectory is replayed and scored. This parses the stored text into a
+    small window of recently read trajectories instead. Messages already parsed (or a plain list)
+    are returned as they are; text that is not a JSON list falls back to the messages themselves,
+    whose own error says what is damaged and how to fix it.
+    """
+    messages = trajectory.messages
+    # LazyMessages not yet parsed: ``_items`` is None until it parses itself (dataset.store).
+    if getattr(messages, "_items", 0) is not None or not hasattr(messages, "text"):
+        return messages
+    key = id(trajectory)
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] is trajectory:
+        _PARSED.move_to_end(key)
+        return hit[1]
+    try:
+        parsed = json.loads(messages.text)
+    except ValueError:
+        return messages  # its own parse raises the store's IntegrityError, which names the fix
+    if not isinstance(parsed, list):
+        return messages
+    _PARSED[key] = (trajectory, parsed)
+    if len(_PARSED) > _PARSED_KEEP:
+        _PARSED.popitem(last=False)
+    return parsed
 
 
 def tool_name(tool: Mapping[str, Any]) -> str:
@@ -265,8 +305,15 @@ class DecisionPoint(NamedTuple):
 
     @property
     def state(self) -> State:
+        # The message prefix is sliced when an agent first reads it: a clone that answers from
+        # the state's id and step (the recorded expert, a lookup) never parses the recording.
         t = self.trajectory
-        return State(t.id, self.step, t.messages[: self.message_index], t.tools)
+        state = object.__new__(_PointState)
+        _set_trajectory_id(state, t.id)
+        _set_step(state, self.step)
+        _set_tools(state, t.tools)
+        _set_point(state, self)
+        return state
 
     @property
     def expert_action(self) -> Action:
@@ -278,7 +325,58 @@ class DecisionPoint(NamedTuple):
         if indexes is not None and 0 <= step < len(indexes) and indexes[step] == self.message_index:
             return actions[step]
         # a point built by hand may name a message that is not the step-th assistant turn
-        return Action.from_message(t.messages[self.message_index])
+        return Action.from_message(parsed_messages(t)[self.message_index])
+
+
+_set_trajectory_id = State.__dict__["trajectory_id"].__set__
+_set_step = State.__dict__["step"].__set__
+_set_tools = State.__dict__["tools"].__set__
+_messages_slot = State.__dict__["messages"]
+
+
+class _PointState(State):
+    """The :class:`State` of a recorded decision point, its message prefix sliced on first read.
+
+    Equal to, and read like, ``State(t.id, step, t.messages[:index], t.tools)``: ``messages`` is
+    that same list once read (then kept on the state), so nothing is parsed or copied for agents
+    that never look at the messages.
+    """
+
+    __slots__ = ("_point",)
+    _point: DecisionPoint | None
+
+    @property
+    def messages(self) -> Sequence[Message]:
+        try:
+            return _messages_slot.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            point = self._point
+            assert point is not None
+            messages = parsed_messages(point.trajectory)[: point.message_index]
+            _messages_slot.__set__(self, messages)
+            return messages
+
+    @messages.setter
+    def messages(self, value: Sequence[Message]) -> None:  # the dataclass __init__ (replace, copy, pickle)
+        _messages_slot.__set__(self, value)
+
+    def _plain(self) -> State:
+        return State(self.trajectory_id, self.step, self.messages, self.tools)
+
+    # Equal to, and shown as, the plain State it stands for (the dataclass methods compare classes).
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, State):
+            return (self.trajectory_id, self.step, self.messages, self.tools) == (
+                other.trajectory_id, other.step, other.messages, other.tools)
+        return NotImplemented
+
+    __hash__ = State.__hash__
+
+    def __repr__(self) -> str:
+        return repr(self._plain())
+
+
+_set_point = _PointState.__dict__["_point"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,3 +78,25 @@ def test_columnar_items_equal_the_general_path(tmp_path):
     values = {session.store.get(ItemKey("step", "step", f"t{n:04d}#0")).score("clone", "action_match")
               for n in (1, 3)}
     assert values == {0.0, 1.0}
+
+
+def test_a_replay_keeps_no_parsed_messages(tmp_path):
+    """A recorded expert and a clone that never reads the messages: the stored JSON of every
+    trajectory stays unparsed after replay and scoring (a large gate's memory went there), and a
+    state's messages, when read, equal the recorded prefix."""
+    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(i) for i in range(1, 13)])
+    cfg = build_config({"clone": "mixed"}, {}, str(tmp_path))
+    dataset = DatasetStore(str(tmp_path)).load("v1")
+    session = BcloneSession(cfg, dataset, make_agent_hook=lambda role, spec: (
+        MixedClone(dataset.trajectories) if spec == "mixed" else None), progress=False)
+    session.ensure("common_intents", "step")
+    replayed = [t for t in session.eval_trajectories if t.id in session.runner.replayed("step")]
+    assert replayed and session.store.get(ItemKey("step", "step", f"{replayed[0].id}#0")) is not None
+    assert all(t.messages._items is None for t in dataset.trajectories)  # LazyMessages still unparsed
+    t = replayed[0]
+    points = t.decision_points()
+    state = points[-1].state
+    recorded = json.loads(t.messages.text)
+    assert state.messages == recorded[: points[-1].message_index]
+    assert state.trajectory_id == t.id and state.step == len(points) - 1
+    assert points[-1].expert_action == Action.from_message(recorded[points[-1].message_index])
