@@ -55,8 +55,8 @@ from .records import (
 from .retry import describe_exception
 
 __all__ = [
-    "CallTotals", "Environment", "EnvironmentFactory", "ReplayResult", "RolloutResult", "StepReplies",
-    "replay_async", "rollouts_async", "run_episode", "run_replay", "run_rollouts", "sum_stats",
+    "CallTotals", "Environment", "EnvironmentFactory", "ReplayResult", "ReplyColumns", "RolloutResult",
+    "StepReplies", "replay_async", "replay_columns", "replay_columns_async", "rollouts_async", "run_episode", "run_replay", "run_rollouts", "sum_stats",
 ]
 
 RECORDED_USER = "recorded"
@@ -385,6 +385,85 @@ async def _close(agents: Mapping[str, Agent]) -> None:
             await aclose()
 
 
+@dataclass(frozen=True)
+class ReplyColumns:
+    """A step-mode replay's answers, column by column: ``replies[role][repeat][i]`` is ``role``'s
+    reply at ``points[i]`` for ``repeat``. What the runner reads (no per-point record, no index by
+    key); :class:`ReplayResult` is built from it for callers that want records."""
+
+    points: Sequence[DecisionPoint]
+    replies: Mapping[str, list[list[AgentReply]]]
+    agents: Mapping[str, str]
+    repeats: int
+    wall_s: float
+
+    def to_result(self) -> ReplayResult:
+        """The same answers as a :class:`ReplayResult`, in (point, repeat) order."""
+        roles = list(self.replies)
+        items = tuple(
+            StepReplies(p.key, p.trajectory_id, p.step, r, tuple(p.cohorts),
+                        {role: self.replies[role][r][i] for role in roles})
+            for i, p in enumerate(self.points) for r in range(self.repeats)
+        )
+        return ReplayResult(items, dict(self.agents), self.repeats, self.wall_s)
+
+
+_RECORDED_READ = CallStats(calls=0)  # one shared (frozen) record: a recording read, no model call
+
+
+def _recorded_replies(agent: RecordedAgent, points: Sequence[DecisionPoint]) -> list[AgentReply]:
+    """The recorded expert's replies, read synchronously: a lookup needs no event loop turn, and a
+    million of them through the pool cost more than the rest of the replay."""
+    out = []
+    for p in points:
+        found = agent.action_at(p.trajectory.id, p.step)
+        out.append(AgentReply(None, CallStats(error=found, calls=0)) if isinstance(found, str)
+                   else AgentReply(found, _RECORDED_READ))
+    return out
+
+
+async def replay_columns_async(
+    points: Iterable[DecisionPoint],
+    agents: Mapping[str, Agent],
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    progress: bool | Progress = True,
+) -> ReplyColumns:
+    """The coroutine behind :func:`run_replay`: every agent's replies as :class:`ReplyColumns`."""
+    points = list(points)
+    roles = list(agents)
+    n = len(points)
+    replies: dict[str, list[list[AgentReply]]] = {}
+    # The recorded expert itself (not a subclass that may override act) is read directly: its
+    # answer is the same for every repeat, the recording being one sample.
+    direct = {role for role in roles if type(agents[role]) is RecordedAgent}
+    for role in direct:
+        column = _recorded_replies(agents[role], points)  # type: ignore[arg-type]
+        replies[role] = [column] + [list(column) for _ in range(repeats - 1)]
+    asked = [role for role in roles if role not in direct]
+    for role in asked:
+        replies[role] = [[None] * n for _ in range(repeats)]  # type: ignore[list-item]
+    jobs = [(i, r, role) for i in range(n) for r in range(repeats) for role in asked]
+
+    # Progress counts model calls: reading the recorded expert's action is not one.
+    calling = {role for role in asked if needs_calls(agents[role])}
+
+    async def handle(job: tuple[int, int, str]) -> tuple[bool, bool] | None:
+        i, r, role = job
+        answer = replies[role][r][i] = await _ask(agents[role], points[i].state, r)
+        return (answer.stats.cached, answer.failed) if role in calling else None
+
+    start = time.monotonic()
+    try:
+        await _pool(jobs, concurrency, handle,
+                    _progress(progress, sum(1 for job in jobs if job[2] in calling), "bclone replay", "calls"))
+    finally:
+        await _close(agents)
+    return ReplyColumns(points, {role: replies[role] for role in roles}, {role: a.name for role, a in agents.items()},
+                        repeats, time.monotonic() - start)
+
+
 async def replay_async(
     points: Iterable[DecisionPoint],
     agents: Mapping[str, Agent],
@@ -394,30 +473,20 @@ async def replay_async(
     progress: bool | Progress = True,
 ) -> ReplayResult:
     """The coroutine behind :func:`run_replay`, for callers that already run an event loop."""
-    points = list(points)
-    roles = list(agents)
-    slots: list[dict[str, AgentReply]] = [{} for _ in range(len(points) * repeats)]
-    jobs = [(i, r, role) for i in range(len(points)) for r in range(repeats) for role in roles]
+    columns = await replay_columns_async(points, agents, concurrency=concurrency, repeats=repeats, progress=progress)
+    return columns.to_result()
 
-    # Progress counts model calls: reading the recorded expert's action is not one.
-    calling = {role for role in roles if needs_calls(agents[role])}
 
-    async def handle(job: tuple[int, int, str]) -> tuple[bool, bool] | None:
-        i, r, role = job
-        answer = slots[i * repeats + r][role] = await _ask(agents[role], points[i].state, r)
-        return (answer.stats.cached, answer.failed) if role in calling else None
-
-    start = time.monotonic()
-    try:
-        await _pool(jobs, concurrency, handle,
-                    _progress(progress, sum(1 for job in jobs if job[2] in calling), "bclone replay", "calls"))
-    finally:
-        await _close(agents)
-    items = tuple(
-        StepReplies(p.key, p.trajectory_id, p.step, r, tuple(p.cohorts), slots[i * repeats + r])
-        for i, p in enumerate(points) for r in range(repeats)
-    )
-    return ReplayResult(items, {role: a.name for role, a in agents.items()}, repeats, time.monotonic() - start)
+def replay_columns(
+    points: Iterable[DecisionPoint],
+    agents: Mapping[str, Agent],
+    *,
+    concurrency: int = 16,
+    repeats: int = 1,
+    progress: bool | Progress = True,
+) -> ReplyColumns:
+    """:func:`run_replay`, the answers as :class:`ReplyColumns` (what the runner scores from)."""
+    return _run(replay_columns_async(points, agents, concurrency=concurrency, repeats=repeats, progress=progress))
 
 
 def run_replay(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise, repeat
 from typing import TYPE_CHECKING, Any
 
 from . import timing
@@ -196,14 +197,18 @@ class Runner:
 
     def _run_steps(self, trajectories: list[Trajectory]) -> None:
         from .evaluators import score_steps_columns, score_trajectories_columns
-        from .replay import run_replay
+        from .replay import replay_columns
 
         points = [p for t in trajectories for p in t.decision_points()]
+        # Where each trajectory's points start in ``points`` (they are contiguous, in order).
+        bounds = [0]
+        for t in trajectories:
+            bounds.append(bounds[-1] + len(t.assistant_indexes()))
         if self.cfg.batch:
             self._fill_by_batch(points)
         with timing.phase("replay"):
-            result = run_replay(points, self.agents(), concurrency=self.cfg.concurrency, repeats=self.cfg.repeats,
-                                progress=self.progress)
+            result = replay_columns(points, self.agents(), concurrency=self.cfg.concurrency,
+                                    repeats=self.cfg.repeats, progress=self.progress)
         step_metrics, traj_metrics, _, binary = self._metrics()
         repeats = self.cfg.repeats
         with timing.phase("shift"):
@@ -212,8 +217,7 @@ class Runner:
         # ``trajectories``, None where not scored); reasons are built only when a report reads them
         # (_Reasons). Per-point Score objects and dicts were most of the time and the peak memory.
         n = len(points)
-        keys = [p.key for p in points]
-        replies = {r: [[result.reply(key, r, rep) for key in keys] for rep in range(repeats)] for r in ROLES}
+        replies = result.replies
         point_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
         traj_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
         point_reasons: list[Any] = [None] * n  # the clone's repeat 0: (columns, pair index)
@@ -223,27 +227,33 @@ class Runner:
         for role in ROLES:
             for rep in range(repeats):
                 rl = replies[role][rep]
-                for p, reply in zip(points, rl):
-                    if reply.failed:
-                        errors[role].setdefault(p.key, reply.stats.error or "failed")
-                        errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
-                ok = [i for i in range(n) if rl[i].action is not None]
-                pairs = [(points[i], rl[i].action) for i in ok]
+                actions = [reply.action for reply in rl]
+                ok = [i for i, a in enumerate(actions) if a is not None]
+                failed_traj: set[str] = set()
+                if len(ok) < n:
+                    for i, (p, reply) in enumerate(zip(points, rl)):
+                        if actions[i] is None:
+                            errors[role].setdefault(p.key, reply.stats.error or "failed")
+                            errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
+                            failed_traj.add(p.trajectory_id)
+                pairs = [(points[i], actions[i]) for i in ok]
                 cols = score_steps_columns(self.registry, step_metrics, pairs)
                 columns = [cols.values[m].tolist() for m in step_metrics]
                 vals: list[tuple[float, ...] | None] = [None] * n
-                for j, i in enumerate(ok):
-                    row = tuple(c[j] for c in columns)
+                reasons_here = role == "clone" and rep == 0
+                rows = zip(*columns) if columns else repeat((), len(ok))  # no step metric: empty rows
+                for j, row in enumerate(rows):
+                    i = ok[j]
                     vals[i] = shared.setdefault(row, row)  # few distinct score rows: one tuple each
-                    if role == "clone" and rep == 0:
+                    if reasons_here:
                         point_reasons[i] = (cols, j)
                 point_vals[role].append(vals)
-                failed_traj = {points[i].trajectory_id for i in range(n) if rl[i].failed}
-                groups: dict[str, list[tuple[DecisionPoint, Action]]] = {}
-                for p, a in pairs:
-                    if p.trajectory_id not in failed_traj:
-                        groups.setdefault(p.trajectory_id, []).append((p, a))  # type: ignore[arg-type]
-                glist = list(groups.values())
+                # One group per trajectory whose every point was answered (none failed), in order.
+                if len(ok) == n:  # every point answered: ``pairs`` is aligned with ``points``
+                    glist = [pairs[a:b] for a, b in pairwise(bounds) if b > a]
+                else:
+                    glist = [list(zip(points[a:b], actions[a:b]))
+                             for t, a, b in zip(trajectories, bounds, bounds[1:]) if b > a and t.id not in failed_traj]
                 tvals: dict[str, tuple[float, ...]] = {}
                 if glist:
                     tcols = score_trajectories_columns(self.registry, traj_metrics, glist)
@@ -251,35 +261,47 @@ class Runner:
                     for g, group in enumerate(glist):
                         tid = group[0][0].trajectory_id
                         tvals[tid] = tuple(c[g] for c in tcolumns)
-                        if role == "clone" and rep == 0:
+                        if reasons_here:
                             traj_reasons[tid] = (tcols, g)
                 traj_vals[role].append([tvals.get(t.id) for t in trajectories])
         step_m, traj_m = tuple(step_metrics), tuple(traj_metrics)
         calls_seen: dict[tuple[CallStats, ...], tuple[CallStats, ...]] = {}  # equal figures share one tuple
+        offered: frozenset[str] = frozenset()
+        owner: Trajectory | None = None
         for i, p in enumerate(points):
             flag = flags[i] if flags else None
             clone0, expert0 = replies["clone"][0][i].action, replies["expert"][0][i].action
             clone_calls = tuple(replies["clone"][k][i].stats for k in range(repeats))
             expert_calls = tuple(replies["expert"][k][i].stats for k in range(repeats))
-            self.store.put(_item_from_values(
-                ItemKey("step", "step", p.key), p.trajectory_id, p.step, p.cohorts, step_m,
-                {r: [point_vals[r][k][i] for k in range(repeats)] for r in ROLES}, binary,
-                {r: errors[r].get(p.key) for r in ROLES}, point_reasons[i],
-                clone_action=clone0, expert_action=expert0,
+            t = p.trajectory
+            if t is not owner:  # the offered tools once per trajectory, not once per point
+                owner, offered = t, t.tool_names
+            key = p.key
+            clone_err = errors["clone"].get(key) if errors["clone"] else None
+            expert_err = errors["expert"].get(key) if errors["expert"] else None
+            if repeats == 1:  # one sample is its own score
+                cs = None if clone_err is not None else point_vals["clone"][0][i]
+                es = None if expert_err is not None else point_vals["expert"][0][i]
+            else:
+                cs = _role_scores([point_vals["clone"][k][i] for k in range(repeats)], clone_err, step_m, binary)
+                es = _role_scores([point_vals["expert"][k][i] for k in range(repeats)], expert_err, step_m, binary)
+            at = point_reasons[i]
+            self.store.put(Item(
+                ItemKey("step", "step", key), t.id, p.step, t.cohorts, step_m, cs, es,
+                _Reasons(*at) if cs is not None and at is not None and step_m else (),  # type: ignore[arg-type]
+                clone_err, expert_err, clone0, expert0,
                 # Call figures live on their item, so an item replayed by two xdist workers is
                 # counted once when the controller merges by key.
-                clone_calls=calls_seen.setdefault(clone_calls, clone_calls),
-                expert_calls=calls_seen.setdefault(expert_calls, expert_calls),
-                dead=_dead_tools(p, clone0),
-                ood=None if flag is None else bool(flag.is_ood),
-                distance=None if flag is None else round(float(flag.distance), 6),
+                calls_seen.setdefault(clone_calls, clone_calls), calls_seen.setdefault(expert_calls, expert_calls),
+                _dead_tools(offered, clone0),
+                None if flag is None else bool(flag.is_ood),
+                None if flag is None else round(float(flag.distance), 6),
             ))
-        first = 0
         for g, t in enumerate(trajectories):
-            steps = len(t.assistant_indexes())
+            first = bounds[g]
+            steps = bounds[g + 1] - first
             costs = {r: self.trajectory_cost(t, r, [replies[r][0][first + k].stats for k in range(steps)])
                      for r in ROLES}
-            first += steps
             self.store.put(_item_from_values(
                 ItemKey("step", "trajectory", t.id), t.id, None, t.cohorts, traj_m,
                 {r: [traj_vals[r][k][g] for k in range(repeats)] for r in ROLES}, binary,
@@ -511,6 +533,14 @@ class _Reasons(Sequence[str]):
         return repr(tuple(self))
 
 
+def _role_scores(reps: Sequence[tuple[float, ...] | None], error: str | None, metrics: tuple[str, ...],
+                 binary: Mapping[str, bool]) -> tuple[float, ...] | None:
+    """One role's scores from its per-repeat values: None when a call failed or a repeat was not scored."""
+    if error is not None or not reps or any(r is None for r in reps):
+        return None
+    return _fold([r for r in reps if r is not None], metrics, binary)
+
+
 def _item_from_values(
     key: ItemKey,
     trajectory_id: str,
@@ -525,13 +555,7 @@ def _item_from_values(
 ) -> Item:
     """:func:`_item` for columnar scores: per role, per repeat, the values aligned with ``metrics``
     (None: not scored); ``reasons_at`` is where the clone's repeat-0 reasons are, (columns, index)."""
-    scores: dict[str, tuple[float, ...] | None] = {}
-    for role in ROLES:
-        reps = per_repeat[role]
-        if errors[role] is not None or not reps or any(r is None for r in reps):
-            scores[role] = None
-            continue
-        scores[role] = _fold([r for r in reps if r is not None], metrics, binary)
+    scores = {role: _role_scores(per_repeat[role], errors[role], metrics, binary) for role in ROLES}
     reasons: Sequence[str] = ()
     if scores["clone"] is not None and reasons_at is not None and metrics:
         reasons = _Reasons(*reasons_at)
@@ -539,8 +563,8 @@ def _item_from_values(
                 reasons, errors["clone"], errors["expert"], **extra)  # type: ignore[arg-type]
 
 
-def _dead_tools(point: DecisionPoint, action: Action | None) -> tuple[str, ...]:
-    if action is None:
+def _dead_tools(offered: frozenset[str], action: Action | None) -> tuple[str, ...]:
+    """Tools ``action`` called that its state did not offer (``offered``: the trajectory's tool names)."""
+    if action is None or not action.tool_calls:
         return ()
-    offered = point.trajectory.tool_names
     return tuple(c.name for c in action.tool_calls if c.name not in offered)

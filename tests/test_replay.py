@@ -209,3 +209,30 @@ def test_progress_line_shows_done_total_rate_and_eta_only_on_a_terminal() -> Non
         bar.advance()
     bar.close()
     assert quiet.getvalue() == "" and not bar.enabled
+
+
+def test_the_recorded_expert_is_read_directly_and_answers_as_it_acts() -> None:
+    """The replay reads the recorded expert without asking it through the pool: every reply, for
+    every repeat, is what ``act`` answers (a state the recording lacks too), and the columns give
+    the same replies as the records."""
+    from pytest_bclone.replay import replay_columns
+
+    class Asked(RecordedAgent):  # a subclass may override act: it is asked, not read
+        pass
+
+    recorded = RecordedAgent(TRAJECTORIES[:2])  # points of the other two are not in its recording
+    agents = {"clone": PythonAgent(lambda s: Action(text=f"{s.trajectory_id}/{s.step}")), "expert": recorded,
+              "asked": Asked(TRAJECTORIES[:2])}
+    columns = replay_columns(POINTS, agents, repeats=2, progress=False)
+    assert set(columns.replies) == {"clone", "expert", "asked"}
+    for i, p in enumerate(POINTS):
+        want = asyncio.run(recorded.act(p.state))
+        for rep in range(2):
+            assert columns.replies["expert"][rep][i] == want
+            assert columns.replies["asked"][rep][i] == want
+            assert columns.replies["clone"][rep][i].action == Action(text=f"{p.trajectory_id}/{p.step}")
+    assert sum(r.failed for r in columns.replies["expert"][0]) == len(POINTS) // 2
+    result = columns.to_result()
+    assert [(it.key, it.repeat) for it in result.items] == [(p.key, r) for p in POINTS for r in range(2)]
+    assert all(result.reply(p.key, role, r) == columns.replies[role][r][i]
+               for i, p in enumerate(POINTS) for role in agents for r in range(2))
