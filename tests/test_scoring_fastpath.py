@@ -204,6 +204,25 @@ def test_columns_equal_the_general_path_bit_for_bit(data: tuple[list[Trajectory]
         assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], metric
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets(), st.sampled_from(range(len(REGISTRIES))), st.sampled_from([TRAJ_METRICS, TRAJ_METRICS[:1],
+                                                                             TRAJ_METRICS[1:]]))
+def test_trajectory_columns_equal_the_general_path_on_a_fresh_load(
+        data: tuple[list[Trajectory], list[Any]], which: int, metrics: list[str]) -> None:
+    # The trajectory pass first (nothing compiled yet, as after a load), each metric alone and both
+    # together (they share one pass), for the agent and for the recorded expert against itself.
+    registry = REGISTRIES[which]
+    _, pairs = data
+    recorded = [(p, p.expert_action) for p, _ in pairs]
+    for these in (pairs, recorded):
+        groups = group_by_trajectory(these)
+        columns = score_trajectories_columns(registry, metrics, groups)
+        general = score_trajectories(registry, metrics, groups)
+        for metric in metrics:
+            assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], (
+                metric, groups)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(NAMES), arg_dicts, st.data())
 def test_single_calls_with_lookalike_values_score_alike(name: str, args: dict[str, Any], data: st.DataObject) -> None:

@@ -380,161 +380,241 @@ def score_trajectories_columns(registry: EvaluatorRegistry, metrics: Sequence[st
     """Score trajectory-level ``metrics`` in step mode, as columns (one value per group).
 
     The same values as :func:`~pytest_bclone.evaluators.score_trajectories`; ``trajectory_score``
-    (step mode) and ``task_completion`` with an expected outcome take the fast path, the rest the
-    general one.
+    (step mode) and ``task_completion`` share one pass over each trajectory's steps, the rest take
+    the general path.
     """
     import numpy as np
 
     from . import _checked, _cyclic_gc_paused, _resolve
 
-    evaluators: dict[str, Any] = dict(
-        zip(metrics, _resolve(registry, metrics, "trajectory", "score_trajectories_columns")))
+    entry = "score_trajectories_columns"
+    evaluators: dict[str, Any] = dict(zip(metrics, _resolve(registry, metrics, "trajectory", entry)))
     for name, ev in evaluators.items():
         if "step" not in ev.modes:
             raise EvaluatorError(
-                f"score_trajectories_columns: metric {name!r} scores rollouts only; run with --bclone-mode "
+                f"{entry}: metric {name!r} scores rollouts only; run with --bclone-mode "
                 "rollout or leave it out of the step-mode metrics"
             )
+    # one built-in trajectory_score and one task_completion take the fused pass (a second instance,
+    # e.g. under another policy, and custom evaluators take the general path)
+    ts_name: str | None = None
+    tc_name: str | None = None
+    general: list[str] = []
+    for name, ev in evaluators.items():
+        if type(ev) is TrajectoryScore and ts_name is None:
+            ts_name = name
+        elif type(ev) is TaskCompletion and tc_name is None:
+            tc_name = name
+        else:
+            general.append(name)
+    tc: TaskCompletion | None = evaluators[tc_name] if tc_name is not None else None
     cols: dict[str, list[float]] = {name: [] for name in metrics}
-    kept: dict[str, list[Score]] = {name: [] for name, ev in evaluators.items()
-                                    if type(ev) not in (TrajectoryScore, TaskCompletion)}
+    kept: dict[str, list[Score]] = {name: [] for name in general}
+    ts_add = cols[ts_name].append if ts_name is not None else None
+    tc_add = cols[tc_name].append if tc_name is not None else None
+    fused = _FusedTrajectories(ts_add is not None, tc)
     with _cyclic_gc_paused():
         for group in groups:
-            trajectory = _check_group(group, "score_trajectories_columns")
+            if not group:
+                _check_group(group, entry)  # raises
+            trajectory = group[0][0].trajectory
             steps: list[Step] | None = None
-            for name, ev in evaluators.items():
-                kind = type(ev)
-                if kind is TrajectoryScore:
-                    cols[name].append(_fast_trajectory_score(group))
-                elif kind is TaskCompletion and trajectory.expected is not None:
-                    cols[name].append(_fast_task_completion(ev, trajectory, group))
-                elif kind is TaskCompletion and _consistent(trajectory, group):
-                    cols[name].append(_fast_task_fallback(ev, trajectory, group))
+            if ts_add is not None or tc_add is not None:
+                got = fused.group(trajectory, group)
+                if got is None:  # a malformed group (raises) or hand-built points: the general path
+                    _check_group(group, entry)
+                    steps = [Step(p, a) for p, a in group if a is not None]
+                    if ts_name is not None and ts_add is not None:
+                        ts_add(_checked(ts_name, trajectory.id, evaluators[ts_name].score_trajectory,
+                                        trajectory, steps).value)
+                    if tc_name is not None and tc_add is not None:
+                        tc_add(_checked(tc_name, trajectory.id, evaluators[tc_name].score_trajectory,
+                                        trajectory, steps).value)
                 else:
-                    if steps is None:
-                        steps = [Step(p, a) for p, a in group if a is not None]
-                    score = _checked(name, trajectory.id, ev.score_trajectory, trajectory, steps)
+                    if ts_add is not None:
+                        ts_add(got[0])
+                    if tc_add is not None:
+                        tc_add(got[1])
+            if general:
+                if steps is None:
+                    _check_group(group, entry)
+                    steps = [Step(p, a) for p, a in group if a is not None]
+                for name in general:
+                    score = _checked(name, trajectory.id, evaluators[name].score_trajectory, trajectory, steps)
                     cols[name].append(score.value)
-                    if name in kept:
-                        kept[name].append(score)
+                    kept[name].append(score)
     values = {name: np.array(cols[name], dtype=np.float64) for name in metrics}
     return TrajectoryColumns(tuple(metrics), values, groups, evaluators, kept)
 
 
-def _fast_trajectory_score(group: Sequence[Pair]) -> float:
-    """``trajectory_score`` in step mode: the mean step credit (``CallMatch.credit``), as the
-    general path sums it."""
-    t = group[0][0].trajectory
-    tools, compiled, indexes = _compile(t)
-    credits = []
-    for point, action in group:
-        assert action is not None
-        step = point[1]
-        if not (0 <= step < len(indexes) and indexes[step] == point[2]):
-            credits.append(Step(point, action).match.credit)
-            continue
-        ex = compiled[step]
-        calls = action.tool_calls
-        n = len(calls)
-        kind = ex[0]
-        if kind == 1 and n == 1:
-            call = calls[0]
-            raw = call.arguments
-            if call.name != ex[1]:
-                credits.append(0.0)
-            elif raw is ex[3] or (ex[7] and raw == ex[3]):  # see _fast_steps
-                credits.append(1.0)
+class _FusedTrajectories:
+    """``trajectory_score`` (step mode) and ``task_completion`` of one trajectory in one pass over
+    its steps, without reasons; the same values as their ``score_trajectory``.
+
+    Each step is first told apart as *the expert's own calls* (the same action, or the same calls in
+    the same order with equal plain arguments, see :func:`_plain`): then its credit is 1 and its
+    call keys are the expert's, computed once per load. Otherwise the agent's arguments are
+    normalised once, for both metrics.
+    """
+
+    __slots__ = ("changing", "tc", "want_ts")
+
+    def __init__(self, want_ts: bool, tc: TaskCompletion | None) -> None:
+        self.want_ts = want_ts
+        self.tc = tc
+        # is_state_changing per tool name, per toolset object (the metadata rule reads the toolset)
+        self.changing: dict[Toolset, dict[str, bool]] = {}
+
+    def group(self, trajectory: Trajectory, group: Sequence[Pair]) -> tuple[float, float] | None:
+        """``(trajectory_score, task_completion)`` of one whole, well-formed group (a metric not
+        asked for is 0.0), or ``None`` when the group needs the general path: a malformed group
+        (the caller's checks then raise) or points naming another trajectory object or message."""
+        tools, compiled, indexes = _compile(trajectory)
+        if len(group) != len(indexes):
+            return None
+        want_ts = self.want_ts
+        tc = self.tc
+        expected = trajectory.expected if tc is not None else None
+        with_expected = expected is not None
+        fallback = tc is not None and expected is None
+        located: tuple[tuple[Hashable, ...], ...] = ()
+        expert_counts: tuple[dict[Hashable, int], ...] = ()
+        if fallback:
+            assert tc is not None
+            located, expert_counts = _fallback_plan(tc, trajectory, tools, compiled)
+        changing_of = self.changing.get(tools)
+        if changing_of is None:
+            changing_of = self.changing[tools] = {}
+        credits: list[float] = []
+        credit = credits.append
+        left: dict[Hashable, int] = {}  # with an expected outcome: the agent's call keys, counted
+        unwanted_call = False  # with an expected outcome: an unparseable state-changing call
+        texts: list[str] = []
+        outputs = expected.outputs if expected is not None else ()
+        reproduced = unwanted = 0
+        i = 0
+        for point, action in group:
+            if point[0] is not trajectory or action is None or point[1] != i or point[2] != indexes[i]:
+                return None
+            ex = compiled[i]
+            i += 1
+            calls = action.tool_calls
+            n = len(calls)
+            kind = ex[0]
+            if kind == 1 and n == 1:
+                call = calls[0]
+                raw = call.arguments
+                same = call.name == ex[1] and (raw is ex[3] or (ex[7] and raw == ex[3]))
+            elif n == 0 or kind == 0:
+                same = n == 0 and kind == 0
             else:
-                # CallMatch.credit of one pair: its agreement / 1
-                credits.append(arg_agreement(_normed(ex, tools)[2], normalize_args(call, tools)) / 1)
-        elif kind == 0 and n == 0:
-            credits.append(1.0)
-        elif kind == 0 or n == 0:
-            credits.append(0.0)
-        elif (action is ex[6] and ex[8]) or (
-                ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                  for c, e, r in zip(calls, ex[4], ex[10]))):
-            credits.append(1.0)
-        else:
-            credits.append(match_calls(ex[4], _normed(ex, tools)[5], action.tool_names,
-                                       tuple(normalize_args(c, tools) for c in calls)).credit)
-    if not credits:
-        return 1.0
-    return min(1.0, sum(credits) / len(credits))
+                same = (action is ex[6] and ex[8]) or (
+                    ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
+                                                      for c, e, r in zip(calls, ex[4], ex[10])))
+            if same:
+                if want_ts:
+                    credit(1.0)
+                if with_expected and n:
+                    for key in _normed(ex, tools)[9]:
+                        left[key] = left.get(key, 0) + 1
+                elif fallback:
+                    reproduced += len(located[i - 1])
+            else:
+                norms = [normalize_args(c, tools) for c in calls] if n else []
+                if want_ts:
+                    if kind == 1 and n == 1:
+                        # CallMatch.credit of one pair: its agreement / 1
+                        credit(arg_agreement(_normed(ex, tools)[2], norms[0]) / 1 if calls[0].name == ex[1]
+                               else 0.0)
+                    elif n == 0 or kind == 0:
+                        credit(0.0)
+                    else:
+                        credit(match_calls(ex[4], _normed(ex, tools)[5], action.tool_names, tuple(norms)).credit)
+                if with_expected:
+                    for c, a in zip(calls, norms):
+                        if a is None:  # a unique key: never required, so always beyond the requirements
+                            if _changing(tc, c.name, tools, changing_of):
+                                unwanted_call = True
+                        else:
+                            key = (c.name, frozenset(a.items()))  # call_key, inlined
+                            left[key] = left.get(key, 0) + 1
+                elif fallback:
+                    here: dict[Hashable, int] = {}
+                    expert_here = dict(expert_counts[i - 1])
+                    for c, a in zip(calls, norms):
+                        if a is None:
+                            if _changing(tc, c.name, tools, changing_of):
+                                unwanted += 1  # a unique key: never the expert's, never located
+                            continue
+                        key = (c.name, frozenset(a.items()))
+                        here[key] = here.get(key, 0) + 1
+                        if expert_here.get(key, 0) > 0:
+                            expert_here[key] -= 1
+                        elif _changing(tc, c.name, tools, changing_of):
+                            unwanted += 1
+                    for key in located[i - 1]:
+                        if here.get(key, 0) > 0:
+                            here[key] -= 1
+                            reproduced += 1
+            if outputs and action.text:
+                texts.append(action.text)
+        ts_value = min(1.0, sum(credits) / len(credits)) if want_ts and credits else 1.0
+        tc_value = 1.0
+        if with_expected:
+            tc_value = _outcome_value(tc, trajectory, tools, left, unwanted_call, outputs, texts, changing_of)
+        elif fallback:
+            total = sum(len(here) for here in located) + unwanted
+            tc_value = reproduced / total if total else 1.0
+        return ts_value, tc_value
 
 
-def _fast_task_completion(ev: TaskCompletion, trajectory: Trajectory, group: Sequence[Pair]) -> float:
-    """``task_completion`` in step mode with an expected outcome: the binary rule of
-    :meth:`TaskCompletion._outcome`, without building reasons."""
-    expected = trajectory.expected
-    assert expected is not None
-    if not group:
-        return 1.0
-    tools, compiled, indexes = _compile(trajectory)
+def _changing(tc: TaskCompletion | None, name: str, tools: Toolset, cache: dict[str, bool]) -> bool:
+    """``tc.policy.is_state_changing(name, tools)``, remembered per toolset."""
+    hit = cache.get(name)
+    if hit is None:
+        assert tc is not None
+        hit = cache[name] = tc.policy.is_state_changing(name, tools)
+    return hit
+
+
+def _outcome_value(tc: TaskCompletion | None, trajectory: Trajectory, tools: Toolset, left: dict[Hashable, int],
+                   unwanted_call: bool, outputs: Sequence[str], texts: list[str], changing_of: dict[str, bool]) -> float:
+    """The binary rule of :meth:`TaskCompletion._outcome` on the agent's counted call keys: every
+    required call among them, none of the calls beyond the requirements state-changing (a call
+    key holds its tool name), every required output in the replies."""
+    if unwanted_call:
+        return 0.0
     memo = trajectory.memo()
-    required = memo.get("bclone.columns.required")
+    required = memo.get(_REQUIRED_KEY)
     if required is None:
-        required = memo["bclone.columns.required"] = [call_key(c.name, normalize_args(c, tools))
-                                                     for c in expected.actions]
-    left: dict[Hashable, int] = {}
-    agent = []
-    texts = []
-    for point, action in group:
-        assert action is not None
-        calls = action.tool_calls
-        if calls:
-            step = point[1]
-            if 0 <= step < len(indexes) and indexes[step] == point[2]:
-                keys = _agent_keys(action, compiled[step], tools)
-            else:
-                keys = [call_key(c.name, normalize_args(c, tools)) for c in calls]
-            for c, key in zip(calls, keys):
-                left[key] = left.get(key, 0) + 1
-                agent.append((c.name, key))
-        if action.text:
-            texts.append(action.text)
+        assert trajectory.expected is not None
+        required = memo[_REQUIRED_KEY] = [call_key(c.name, normalize_args(c, tools))
+                                          for c in trajectory.expected.actions]
     for key in required:
-        if left.get(key, 0) > 0:
-            left[key] -= 1
+        have = left.get(key, 0)
+        if have > 0:
+            left[key] = have - 1
         else:
             return 0.0
-    changing = ev.policy.is_state_changing
-    for name, key in agent:
-        if left[key] > 0:
-            left[key] -= 1
-            if changing(name, tools):
-                return 0.0
-    if expected.outputs:
+    for key, count in left.items():
+        if count > 0 and _changing(tc, key[0], tools, changing_of):  # type: ignore[index]
+            return 0.0
+    if outputs:
         replies = normalize_text(" ".join(texts))
-        for output in expected.outputs:
+        for output in outputs:
             if normalize_text(output) not in replies:
                 return 0.0
     return 1.0
 
 
-
-def _consistent(trajectory: Trajectory, group: Sequence[Pair]) -> bool:
-    """Every point of ``group`` names the assistant message of its step (no hand-built oddities)."""
-    _, _, indexes = _compile(trajectory)
-    return all(0 <= p[1] < len(indexes) and indexes[p[1]] == p[2] for p, _ in group)
+_REQUIRED_KEY = "bclone.columns.required"
 
 
-def _agent_keys(action: Action, ex: _Compiled, tools: Toolset) -> Sequence[Hashable]:
-    """The call keys of ``action`` at the point compiled as ``ex`` (the expert's, when it is the
-    expert's own calls: see _fast_steps)."""
-    calls = action.tool_calls
-    if (action is ex[6] and ex[8]) or (
-            ex[7] and len(calls) == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                       for c, e, r in zip(calls, ex[4], ex[10]))):
-        return _normed(ex, tools)[9]  # type: ignore[no-any-return]
-    return [call_key(c.name, normalize_args(c, tools)) for c in calls]
-
-
-def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset,
-                   compiled: Sequence[_Compiled]) -> tuple[list[tuple[int, Hashable]], list[dict[Hashable, int]]]:
-    """Where each requirement of :meth:`TaskCompletion.requirements` (no expected outcome) is located
-    (the general path's first-come consumption of the expert's calls), and the expert's call counts
-    per step. Kept on the trajectory per policy."""
+def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset, compiled: Sequence[_Compiled]
+                   ) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...]]:
+    """Where the requirements of :meth:`TaskCompletion.requirements` (no expected outcome) are
+    located (the general path's first-come consumption of the expert's calls): the keys located at
+    each step; and the expert's call counts per step. Kept on the trajectory per policy."""
     key = ("bclone.columns.task_fallback", ev.policy)
     memo = trajectory.memo()
     hit = memo.get(key)
@@ -549,48 +629,14 @@ def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset,
             here[k] = here.get(k, 0) + 1
         counts.append(here)
     left = [dict(c) for c in counts]
-    located: list[tuple[int, Hashable]] = []
+    located: list[list[Hashable]] = [[] for _ in compiled]
     for call in required:
         k = call_key(call.name, normalize_args(call, tools))
         for i, here in enumerate(left):
             if here.get(k, 0) > 0:
                 here[k] -= 1
-                located.append((i, k))
+                located[i].append(k)
                 break
-    plan = (located, counts)
+    plan = (tuple(tuple(at) for at in located), tuple(counts))
     memo[key] = plan
     return plan
-
-
-def _fast_task_fallback(ev: TaskCompletion, trajectory: Trajectory, group: Sequence[Pair]) -> float:
-    """``task_completion`` in step mode without an expected outcome: the graded, located rule of
-    :meth:`TaskCompletion.score_trajectory`, without building reasons."""
-    if not group:
-        return 1.0
-    tools, compiled, _ = _compile(trajectory)
-    located, expert_counts = _fallback_plan(ev, trajectory, tools, compiled)
-    changing = ev.policy.is_state_changing
-    agent_left: list[dict[Hashable, int]] = []
-    unwanted = 0
-    for point, action in group:
-        assert action is not None
-        ex = compiled[point[1]]
-        here: dict[Hashable, int] = {}
-        calls = action.tool_calls
-        if calls:
-            expert_here = dict(expert_counts[point[1]])
-            for c, k in zip(calls, _agent_keys(action, ex, tools)):
-                here[k] = here.get(k, 0) + 1
-                if expert_here.get(k, 0) > 0:
-                    expert_here[k] -= 1
-                elif changing(c.name, tools):
-                    unwanted += 1
-        agent_left.append(here)
-    reproduced = 0
-    for at, k in located:
-        here = agent_left[at]
-        if here.get(k, 0) > 0:
-            here[k] -= 1
-            reproduced += 1
-    total = len(located) + unwanted
-    return reproduced / total if total else 1.0
