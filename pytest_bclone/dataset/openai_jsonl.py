@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from ..errors import BcloneError, ImportFormatError, RowError
 from ..records import Trajectory
 from .importers import ImportOptions, SkippedSource, iter_text_lines
-from .schema import canonical_json, trajectory_to_row, unknown_keys_message, validate_row
+from .schema import canonical_encoder, canonical_json, trajectory_to_row, unknown_keys_message, validate_row
 
 _OUR_KEYS = ("id", "cohorts", "split", "expected", "expert_scores", "metadata")
 
@@ -26,35 +26,57 @@ _OUR_KEYS = ("id", "cohorts", "split", "expected", "expert_scores", "metadata")
 def normalise_messages(messages: Sequence[Mapping[str, Any]], *, copy: bool = True) -> list[dict[str, Any]]:
     """Canonical form of OpenAI messages: arguments as sorted compact JSON, ``content`` always present.
 
-    ``copy=False`` edits the given message dicts in place (an importer's freshly parsed objects,
-    which nobody else holds): no per-message copy on the import path.
+    ``copy=False`` edits the given message and tool-call dicts in place (an importer's freshly
+    parsed objects, which nobody else holds): no per-message or per-call copy on the import path.
     """
     out = []
     for m in messages:
         msg = m if not copy and type(m) is dict else dict(m)
         if msg.get("role") == "assistant":
-            msg.setdefault("content", None)
-            if msg.get("tool_calls") and type(msg["tool_calls"]) is list:
-                calls = []
-                for tc in msg["tool_calls"]:
-                    if type(tc) is not dict or type(tc.get("function") or {}) is not dict:
-                        calls.append(tc)  # malformed: kept as given, validation names it
-                        continue
-                    fn = dict(tc.get("function") or {})
-                    args = fn.get("arguments")
-                    if isinstance(args, Mapping):
-                        fn["arguments"] = canonical_json(args)
-                    elif isinstance(args, str):
-                        try:
-                            fn["arguments"] = canonical_json(json.loads(args))
-                        except ValueError:
-                            pass  # keep malformed arguments as recorded: the store loses nothing
-                    calls.append({**tc, "type": tc.get("type", "function"), "function": fn})
-                msg["tool_calls"] = calls
-            elif "tool_calls" in msg and not msg["tool_calls"]:
+            if "content" not in msg:
+                msg["content"] = None
+            tool_calls = msg.get("tool_calls")
+            if tool_calls and type(tool_calls) is list:
+                msg["tool_calls"] = [_normalise_call(tc, copy) for tc in tool_calls]
+            elif "tool_calls" in msg and not tool_calls:
                 del msg["tool_calls"]  # an empty list means no call
         out.append(msg)
     return out
+
+
+# Arguments parsed from a JSON string cannot be circular, so one encoder without the circular
+# check serves every call (and every thread); NaN stays allowed, as canonical_json allows it.
+_canonical_parsed = canonical_encoder(check_circular=False)
+
+
+def _normalise_call(tc: Any, copy: bool) -> Any:
+    """One tool call with canonical arguments and a ``type`` (a copy unless ``copy`` is False)."""
+    if type(tc) is not dict:
+        return tc  # malformed: kept as given, validation names it
+    fn = tc.get("function") or {}
+    if type(fn) is not dict:
+        return tc  # malformed: kept as given, validation names it
+    if copy or not fn:  # a missing or empty function becomes a new {} either way
+        fn = dict(fn)
+    args = fn.get("arguments")
+    if type(args) is str:
+        try:
+            fn["arguments"] = _canonical_parsed(json.loads(args))
+        except ValueError:
+            pass  # keep malformed arguments as recorded: the store loses nothing
+    elif isinstance(args, Mapping):
+        fn["arguments"] = canonical_json(args)
+    elif isinstance(args, str):  # a str subclass
+        try:
+            fn["arguments"] = canonical_json(json.loads(args))
+        except ValueError:
+            pass
+    if copy:
+        return {**tc, "type": tc.get("type", "function"), "function": fn}
+    if "type" not in tc:
+        tc["type"] = "function"
+    tc["function"] = fn
+    return tc
 
 
 def _eval_split(row_id: str, eval_fraction: float) -> str:

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from ..errors import DatasetError, DatasetNotFound, IntegrityError, RowError, UnsafeVersionName, VersionExists
 from ..records import DecisionPoint, ExpectedOutcome, Message, Trajectory, tool_name
-from .schema import SCHEMA_VERSION, trajectory_to_row, validate_row
+from .schema import SCHEMA_VERSION, canonical_encoder, trajectory_to_row, validate_row
 
 try:  # POSIX: a writer holds an advisory lock on its staging directory, so cleanup never races it
     import fcntl
@@ -100,9 +100,14 @@ _DICTIONARY_COLUMNS = ["tools", "split", "metadata", "expert_scores"]
 _NOT_NULL = ("id", "cohorts", "split", "messages", "tools", "expert_scores", "metadata", "steps")
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(value: Any) -> str:
     """Canonical JSON (sorted keys, compact, no NaN): equal values give equal text and hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    # One encoder object, the same text as json.dumps with these options (which would build a
+    # new encoder object on every call).
+    return _ENCODER.encode(value)
 
 
 def _no_constant(name: str) -> Any:
@@ -332,34 +337,186 @@ def _dump(value: Any, where: str, rid: Any, field_name: str) -> str:
                          "use plain JSON values (finite numbers, strings, lists, objects)") from None
 
 
-class _SharedTools:
-    """The last toolset object seen and its JSON text: importers pass one toolset object to many rows.
+_MAYBE_NUMBER = re.compile(r"[:,\[][-0-9tf]")
+"""Where compact JSON text may hold a number or a boolean (a value after ``:``, ``,`` or ``[``);
+a string can match too, which only costs a walk of the value."""
 
-    A hit needs the very same object (held here, so its id cannot be reused) still equal to a
-    snapshot taken when it was encoded (so an object mutated in place between rows is re-encoded).
+
+def _number_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The paths to every number and boolean inside a parsed JSON value."""
+    if type(value) is dict:
+        return [p for k, v in value.items() for p in _number_paths(v, (*path, k))]
+    if type(value) is list:
+        return [p for k, v in enumerate(value) for p in _number_paths(v, (*path, k))]
+    if type(value) in (int, float, bool):
+        return [path]
+    return []
+
+
+class _RowEncoder:
+    """The canonical JSON encoder of one write (the text of :func:`_json`), and its last toolset.
+
+    One :func:`~pytest_bclone.dataset.schema.canonical_encoder` per write, not one per value: its
+    circular-reference markers belong to this write alone (writers in other threads never share
+    them) and are renewed after a failed call.
+
+    Rows share a few toolsets, and an importer hands each row its own freshly parsed copy, so the
+    toolset is compared by value with a snapshot of the last one encoded (parsed back from its
+    text) instead of being encoded again. Equality alone is not enough: ``1 == 1.0 == True`` and
+    ``0.0 == -0.0`` encode differently, so a hit also needs every number and boolean to have the
+    snapshot's exact type (and a float its exact text). Anything else is a miss and is encoded.
     """
 
-    __slots__ = ("obj", "snapshot", "text")
+    __slots__ = ("_encode", "_numbers", "_snapshot", "tools_text")
 
     def __init__(self) -> None:
-        self.obj: Any = None
-        self.snapshot: Any = None
-        self.text = ""
+        self._encode = canonical_encoder(allow_nan=False)
+        self._snapshot: Any = None
+        self._numbers: list[tuple[Any, ...]] = []
+        self.tools_text = ""
 
-    def encode(self, tools: Any, where: str, rid: Any) -> str:
-        if tools is self.obj and tools == self.snapshot:
-            return self.text
-        text = _dump(list(tools), where, rid, "tools")
-        self.obj, self.snapshot, self.text = tools, json.loads(text), text
+    def dump(self, value: Any, where: str, rid: Any, field_name: str) -> str:
+        """``value`` as canonical JSON; RowError naming the field when it is not plain JSON."""
+        try:
+            return self._encode(value)
+        except (TypeError, ValueError) as exc:  # NaN/inf, sets, objects, circular references...
+            self._encode = canonical_encoder(allow_nan=False)  # the failed call may leave ids in its markers
+            raise _row_error(where, rid, field_name, f"cannot be stored as JSON ({exc})",
+                             "use plain JSON values (finite numbers, strings, lists, objects)") from None
+
+    def tools(self, tools: Any, where: str, rid: Any) -> str:
+        """The JSON text of a row's toolset: the last one's text when the value is exactly the same."""
+        seq = tools if type(tools) is list else list(tools)
+        text = self.cached_tools(seq)
+        return self.encode_tools(seq, where, rid) if text is None else text
+
+    def cached_tools(self, seq: list[Any]) -> str | None:
+        """The last toolset's text when ``seq`` is exactly that toolset (see the class), else None."""
+        if seq != self._snapshot:
+            return None
+        try:
+            # ``seq == snapshot``: both have the same shape, so every path of the snapshot resolves.
+            for path in self._numbers:
+                a: Any = seq
+                b: Any = self._snapshot
+                for k in path:
+                    a, b = a[k], b[k]
+                if type(a) is not type(b) or (type(b) is float and float.__repr__(a) != float.__repr__(b)):
+                    return None
+        except (LookupError, TypeError):  # a Mapping that compares equal but indexes otherwise
+            return None
+        return self.tools_text
+
+    def encode_tools(self, seq: list[Any], where: str, rid: Any) -> str:
+        """Encode a toolset and keep it as the one to compare the next rows' with."""
+        text = _dump(seq, where, rid, "tools")
+        self._snapshot = snapshot = json.loads(text)
+        self._numbers = _number_paths(snapshot) if _MAYBE_NUMBER.search(text) else []
+        self.tools_text = text
         return text
 
 
-def _row_values(row: Any, where: str, shared: _SharedTools | None = None) -> _RowValues:
+def _fast_values(row: Any, where: str, enc: _RowEncoder) -> _RowValues | None:
+    """:func:`_row_values` of a row made of plain dicts, lists and exact types, or None.
+
+    Every check here is one of :func:`_row_values`'s own, written for the common row; anything
+    unusual (another Mapping or Sequence type, a str or number subclass, a bad value) returns
+    None and the full checks run and word the problem, so the two never disagree on a row (a
+    test compares them on generated rows). Values are encoded in the same order as there, so
+    that a row with two unstorable fields names the same one.
+    """
+    if type(row) is not dict or not row.keys() <= _ROW_KEYS:
+        return None
+    get = row.get
+    rid = get("id")
+    if type(rid) is not str or not rid:
+        return None
+    cohorts = get("cohorts")
+    if cohorts is None:
+        cohorts = []
+    elif type(cohorts) is not list:
+        return None
+    else:
+        for c in cohorts:
+            if type(c) is not str or _COHORT_RE.match(c) is None:
+                return None
+    split = get("split", "eval")
+    if type(split) is not str or split not in _SPLITS:
+        return None
+    messages = get("messages")
+    if type(messages) is not list:
+        return None
+    steps = []
+    for k, m in enumerate(messages):
+        if type(m) is not dict:
+            return None
+        role = m.get("role")
+        if type(role) is not str or role not in _ROLES:
+            return None
+        if role == "assistant":
+            steps.append(k)
+    if not steps:  # also an empty list of messages
+        return None
+    tools = get("tools")
+    if tools is None:
+        tools = []
+    elif type(tools) is not list:
+        return None
+    tools_text = enc.cached_tools(tools)
+    if tools_text is None:
+        for t in tools:
+            if type(t) is not dict:
+                return None
+            fn = t.get("function")
+            if type(fn) is not dict:
+                return None
+            name = fn.get("name")
+            if type(name) is not str or not name:
+                return None
+    expected = get("expected")
+    if expected is not None:
+        _check_expected(expected, where, rid)  # raises what the full checks would raise here
+    scores = get("expert_scores")
+    if scores is None:
+        scores = {}
+    elif type(scores) is not dict:
+        return None
+    else:
+        for v in scores.values():
+            # NaN and the infinities fail the range test; bool is neither int nor float here.
+            if (type(v) is not float and type(v) is not int) or not 0 <= v <= 1:
+                return None
+    metadata = get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif type(metadata) is not dict:
+        return None
+    dump = enc.dump
+    return (
+        rid,
+        list(cohorts),
+        split,
+        dump(messages, where, rid, "messages"),
+        enc.encode_tools(tools, where, rid) if tools_text is None else tools_text,
+        None if expected is None else dump(expected, where, rid, "expected"),
+        "{}" if not scores else dump(scores, where, rid, "expert_scores"),
+        "{}" if not metadata else dump(metadata, where, rid, "metadata"),
+        steps,
+    )
+
+
+def _row_values(row: Any, where: str, enc: _RowEncoder | None = None) -> _RowValues:
     """Check one row's shape and turn it into the stored column values; RowError names the field.
 
     The store's own guard, whatever validation the caller ran: it never writes a row it could not
     load back, never splits a string into cohorts, never stores NaN, never drops an unknown field.
+    ``enc`` is the write's encoder (a fresh one when not given).
     """
+    if enc is None:
+        enc = _RowEncoder()
+    values = _fast_values(row, where, enc)
+    if values is not None:
+        return values
     if not isinstance(row, Mapping):
         raise RowError(f"{where}: row is a {type(row).__name__}, expected an object with id, cohorts, split, "
                        "messages, tools; fix or remove that row")
@@ -430,11 +587,11 @@ def _row_values(row: Any, where: str, shared: _SharedTools | None = None) -> _Ro
         rid,
         list(cohorts),
         split,
-        _dump(list(messages), where, rid, "messages"),
-        shared.encode(tools, where, rid) if shared is not None else _dump(list(tools), where, rid, "tools"),
-        None if expected is None else _dump(expected, where, rid, "expected"),
-        _dump(scores, where, rid, "expert_scores"),
-        _dump(metadata, where, rid, "metadata"),
+        enc.dump(list(messages), where, rid, "messages"),
+        enc.tools(tools, where, rid),
+        None if expected is None else enc.dump(expected, where, rid, "expected"),
+        enc.dump(scores, where, rid, "expert_scores"),
+        enc.dump(metadata, where, rid, "metadata"),
         steps,
     )
 
@@ -471,6 +628,7 @@ class _Tally:
         self.cohorts: dict[str, Counter[str]] = {}
         self.toolset: set[str] = set()
         self._seen_tools: set[str] = set()
+        self._last_tools: str | None = None
 
     def add(self, values: _RowValues, tools: Sequence[Any], where: str) -> None:
         rid, cohorts, split, _m, tools_text, _e, _s, _md, steps = values
@@ -481,8 +639,14 @@ class _Tally:
         self.splits[split] += 1
         self.points[split] += len(steps)
         for c in cohorts:
-            self.cohorts.setdefault(c, Counter())[split] += 1
+            per_split = self.cohorts.get(c)
+            if per_split is None:  # not setdefault: that would build a Counter for every row
+                per_split = self.cohorts[c] = Counter()
+            per_split[split] += 1
         # Rows share a few toolsets: name each distinct one once (hash of the text keeps this small).
+        if tools_text is self._last_tools:  # the writer's encoder handed back the previous row's text
+            return
+        self._last_tools = tools_text
         key = hashlib.sha1(tools_text.encode()).hexdigest() if len(tools_text) > 64 else tools_text
         if key not in self._seen_tools:
             self._seen_tools.add(key)
@@ -504,21 +668,21 @@ class _ParquetFile:
         self.sink = pa.BufferOutputStream()
         self.writer = pq.ParquetWriter(self.sink, _ARROW_SCHEMA, compression="zstd",
                                        use_dictionary=_DICTIONARY_COLUMNS)
-        self.columns: list[list[Any]] = [[] for _ in _ARROW_SCHEMA]
+        self.group: list[_RowValues] = []  # a row group's rows, turned into columns when it is full
         self.rows = 0
 
     def add(self, values: _RowValues) -> None:
-        for col, v in zip(self.columns, values, strict=True):
-            col.append(v)
+        self.group.append(values)
         self.rows += 1
-        if len(self.columns[0]) >= ROWS_PER_GROUP:
+        if len(self.group) >= ROWS_PER_GROUP:
             self._flush()
 
     def _flush(self) -> None:
-        if self.columns[0]:
-            self.writer.write_table(pa.table(dict(zip(_ARROW_SCHEMA.names, self.columns, strict=True)),
-                                             schema=_ARROW_SCHEMA))
-            self.columns = [[] for _ in _ARROW_SCHEMA]
+        if self.group:
+            # One transpose per row group (in C) rather than nine list appends per row.
+            columns = [pa.array(col, type=f.type) for col, f in zip(zip(*self.group), _ARROW_SCHEMA, strict=True)]
+            self.writer.write_table(pa.Table.from_arrays(columns, schema=_ARROW_SCHEMA))
+            self.group = []
 
     def finish(self) -> bytes:
         self._flush()
@@ -1245,14 +1409,14 @@ class DatasetStore:
             if self.local:
                 lock = _StagingLock(target)
             tally = _Tally(source)
-            shared = _SharedTools()
+            enc = _RowEncoder()
             files: list[dict[str, Any]] = []
             current: _ParquetFile | None = None
             for i, row in enumerate(rows):
                 where = f"{source} row {i}"
                 if validate is not None:
                     validate(row, where)
-                values = _row_values(row, where, shared)
+                values = _row_values(row, where, enc)
                 tally.add(values, row.get("tools") or (), where)
                 if current is None:
                     current = _ParquetFile()
