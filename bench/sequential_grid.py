@@ -1,9 +1,11 @@
 """Benchmark: the sequential parity gate against the fixed-n gate over a seeded simulation grid (issue 10).
 
-Each gate replays a cohort in rounds of 10% of its trajectories (in a seeded order: the simulated
-trajectories are exchangeable, so index order is a random order), updates the anytime-valid
-confidence sequence of ``pytest_bclone.sequential`` after every round, and stops at the first
-PASS or FAIL; a cohort that reaches its full size unsettled is decided by the fixed-n rule. The
+Each gate replays a cohort in the gate's own rounds (``sequential.SequentialPlan``: a twentieth
+of its trajectories, at least 10, in a seeded order: the simulated trajectories are
+exchangeable, so index order is a random order), updates the anytime-valid confidence sequence
+of ``pytest_bclone.sequential`` after every round, and stops at the first PASS or FAIL; a cohort
+too small for an identical clone to pass stops after ``sequential.FUTILITY_SHARE`` of it and is
+decided by the fixed-n rule on that part; a cohort that reaches its full size unsettled is decided by the fixed-n rule. The
 fixed-n gate (``parity_verdict`` on the whole cohort) is measured beside it on the same data.
 
 The data come from ``bench/parity_grid.py``'s model (trajectory-, step- and check-level latent
@@ -37,12 +39,11 @@ sys.path.insert(0, str(HERE))
 import parity_grid as grid  # the shared simulation model
 
 from pytest_bclone.parity import DEFAULT_MIN_N
-from pytest_bclone.sequential import BETS
+from pytest_bclone.sequential import BETS, SequentialPlan, log_wealth_path
 
 SIZES = (200, 500, 1000, 2000)
 MARGINS = (1.0, 3.0)
 GAPS = ("margin", "margin+3", "margin+5", "0 paired")
-ROUNDS = 10
 _CHUNK = 1 << 22
 _THRESHOLD = math.log(2.0 / 0.05)
 
@@ -64,29 +65,32 @@ class Setting:
 
 
 def mixture_log_wealth(y: np.ndarray, m: float, up: bool, ends: list[int]) -> np.ndarray:
-    """log K at each round end: shape (gates, rounds). Same formula as sequential.log_wealth, cumulated."""
-    c = np.asarray(BETS)[None, None, :]
-    scaled = y[:, :, None] / m if up else (1.0 - y[:, :, None]) / (1.0 - m)
-    cum = np.cumsum(np.log((1.0 - c) + c * scaled), axis=1)[:, [e - 1 for e in ends], :]  # (gates, rounds, bets)
-    top = cum.max(axis=2, keepdims=True)
-    return np.asarray(top[:, :, 0] + np.log(np.exp(cum - top).mean(axis=2)))
+    """log K at each round end: shape (gates, rounds): the gate's own ``sequential.log_wealth_path``
+    (its bets and weights), so the bench measures the gate's arithmetic, not a copy of it."""
+    return log_wealth_path(y, m, ends, up=up)
 
 
 def sequential_status(expert: np.ndarray, clone: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Status codes (0 fail, 1 inconclusive, 2 pass) and share of trajectories replayed, per gate."""
+    """Status codes (0 fail, 1 inconclusive, 2 pass) and share of trajectories replayed, per gate.
+
+    The gate's rule: FAIL or PASS at the first look the sequence settles; a cohort too small for an
+    identical clone to pass stops INCONCLUSIVE at the first look covering FUTILITY_SHARE of it;
+    otherwise the fixed-n rule on all trajectories."""
     gates, k, _ = expert.shape
     x = (clone - expert).mean(axis=2)
     y = (x + 1.0) / 2.0
-    ends = [math.ceil(r * k / ROUNDS) for r in range(1, ROUNDS + 1)]
+    plan = SequentialPlan.for_cohort(k, margin)  # the gate's own rounds and futility horizon
+    ends = plan.ends()
     m0 = (1.0 - margin / 100.0) / 2.0
     up = np.maximum.accumulate(mixture_log_wealth(y, m0, True, ends), axis=1) >= _THRESHOLD
     up &= (np.asarray(ends) >= DEFAULT_MIN_N)[None, :]
     down = np.maximum.accumulate(mixture_log_wealth(y, m0, False, ends), axis=1) >= _THRESHOLD
     settled = up | down
-    first = np.where(settled.any(axis=1), settled.argmax(axis=1), ROUNDS - 1)
+    first = np.where(settled.any(axis=1), settled.argmax(axis=1), len(ends) - 1)
     fail_first = down[np.arange(gates), first]
     pass_first = up[np.arange(gates), first] & ~fail_first
-    fixed, _, _ = grid.new_status(expert, clone, margin)
+    # Unsettled: the fixed-n rule on what was replayed (all of it, or a futile plan's horizon).
+    fixed = grid.new_status(expert[:, :plan.horizon], clone[:, :plan.horizon], margin)[0]
     status = np.where(fail_first, 0, np.where(pass_first, 2, fixed))
     share = np.asarray(ends)[first] / k
     return status, share
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                              r.setting.trajectories))
     text = (
         f"# Sequential parity gate simulation grid\n\n`python bench/sequential_grid.py --gates {args.gates} "
-        f"--seed {args.seed}` ({len(rows)} settings of 10-step trajectories, rounds of 10%, "
+        f"--seed {args.seed}` ({len(rows)} settings of 10-step trajectories, rounds of 5% (at least 10), "
         f"{time.perf_counter() - start:.0f} s on one core).\n\n{summary(rows)}\n\n{table(rows)}\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -226,7 +226,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("holm", "Holm-correct the parity tests across the cohorts of a run", False, flag=True),
     # cost of the gate itself
     Option("sequential", "replay each declared cohort in seeded rounds of trajectories and stop it as soon as an "
-           "anytime-valid confidence sequence settles its verdict (fewer calls; full replay when it does not settle)",
+           "anytime-valid confidence sequence settles its verdict (fewer calls; a cohort too small for even an "
+           "identical clone to pass stops at half; otherwise full replay when it does not settle)",
            False, flag=True),
     Option("batch", "step mode: send the run's cache misses through the provider's batch API (about half the "
            "price; answers land in the cache, then the run scores as usual)", False, flag=True),

@@ -14,12 +14,12 @@ gate's item mean). On the [0, 1] scale ``y = (x + 1) / 2`` and ``m = (d + 1) / 2
 difference ``d``, two test supermartingales bet on ``y``:
 
 * for ``H0: mu <= d`` (the clone is no better than ``d``):
-  ``K+(m) = mean over c of prod_i (1 + (c / m) (y_i - m))``
-* for ``H0: mu >= d``: ``K-(m) = mean over c of prod_i (1 - (c / (1 - m)) (y_i - m))``
+  ``K+(m) = sum over c of w_c prod_i (1 + (c / m) (y_i - m))``
+* for ``H0: mu >= d``: ``K-(m) = sum over c of w_c prod_i (1 - (c / (1 - m)) (y_i - m))``
 
-with ``c`` on a fixed grid of betting fractions in (0, 1) (a mixture of constant bets, the
-betting confidence sequences of Waudby-Smith & Ramdas 2023 with a fixed mixing grid rather
-than predictable plug-in bets). Each product is a nonnegative martingale under its null, so by
+with ``c`` on a fixed grid of betting fractions in (0, 1) and fixed prior weights ``w_c`` (a
+mixture of constant bets, the betting confidence sequences of Waudby-Smith & Ramdas 2023 with a
+fixed mixing grid rather than predictable plug-in bets). Each product is a nonnegative martingale under its null, so by
 Ville's inequality ``P(sup_t K >= 2/alpha) <= alpha/2``: the *lower* bound
 ``low_t = sup{d : K+_t(m) >= 2/alpha}``, the upper bound likewise from ``K-``, and their running
 intersection over the looks form a ``1 - alpha`` confidence sequence. Why a fixed grid: every
@@ -41,6 +41,25 @@ The rule, after every round
   by the fixed-n rule (:func:`pytest_bclone.parity.parity_verdict` on all its items). That final
   look is one more test: the pass error is at most ``alpha/2`` for the sequence plus ``alpha/2``
   for the fixed-n look, and far less in practice (``bench/sequential_grid.py`` measures it).
+
+Cohorts too small for parity
+----------------------------
+Every valid test, sequential or not, has a floor: ``t`` trajectories that all tie cannot tell an
+equal clone from one that loses whole trajectories (difference -1) at a rate of ``within/100``,
+which would tie all ``t`` with probability ``(1 - within/100)^t``; a level-``alpha/2`` test must
+see ``t >= log(alpha/2) / log(1 - within/100)`` trajectories to pass anything (121 at 3 points,
+367 at 1 point), and the fixed-n rule needs about ``470 / within`` (:func:`identical_clone_passes`).
+A cohort below that cannot pass even a clone identical to the expert, and this is known before
+anything is replayed: it depends on the cohort's size, the margin and the level, not on the
+clone. :mod:`pytest_bclone.sequential_gate` replays such a cohort for :data:`FUTILITY_SHARE` of
+its trajectories, looking after every round as usual, and then decides it with the fixed-n rule
+on what it replayed: a clone clearly below its margin FAILs; otherwise the cohort is INCONCLUSIVE,
+named too small, with the size it would need. The stopping round is fixed in advance, so
+verdicts stay monotone (stopping where the data looked hopeless would not be: a worse clone
+stopped INCONCLUSIVE while a better one went on to FAIL); one fixed-n look at a fixed round
+costs the same error as the full replay's final look. A clone *better* than the expert, which
+the full replay might have passed, is stopped too (run without ``--bclone-sequential`` to
+replay it in full).
 
 *Simulation* (``bench/sequential_grid.py``, 1,000 gates in each of 128 settings of 10-step
 trajectories, rounds of 10%): at most 0.2% of gates pass at a gap equal to the margin, none at
@@ -64,14 +83,122 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["BETS", "SequentialParity", "SequentialState", "SequentialStatus"]
+__all__ = [
+    "BETS",
+    "FUTILITY_SHARE",
+    "ROUNDS",
+    "WEIGHTS",
+    "SequentialParity",
+    "SequentialPlan",
+    "SequentialState",
+    "SequentialStatus",
+    "identical_clone_passes",
+    "log_wealth",
+    "log_wealth_path",
+    "round_size",
+    "units_for_identical_clone",
+]
 
 SequentialStatus = Literal["pass", "fail", "continue"]
 
 BETS = tuple(0.95 * 0.7**k for k in range(14))
-"""The betting fractions ``c`` mixed with equal weight: 0.95 down to 0.0092, geometric, so that
-both large effects with small variance (paired outcomes) and small effects with large variance
-(independent outcomes) have a bet near their best one."""
+"""The betting fractions ``c`` of the mixture: 0.95 down to 0.0092, geometric, so that both large
+effects with small variance (paired outcomes) and small effects with large variance (independent
+outcomes) have a bet near their best one."""
+
+WEIGHTS = tuple(0.5**k / sum(0.5**j for j in range(len(BETS))) for k in range(len(BETS)))
+"""Prior weight of each bet: halving from the largest. A mixture pays ``log(1 / weight)`` of
+evidence for the bet that wins; an equal-weight mixture of 14 bets paid ``log 14 = 2.6`` nats on
+top of the ``log(2 / alpha) = 3.7`` a decision needs, whichever bet won. Early stopping is worth
+having where the paired differences are mostly ties, and there the largest bets win (a tie
+earns at most ``log(1 / (1 - within/100))`` a trajectory, and only a bet near 1 gets close), so
+they get most of the weight: 0.69 nats for the largest. Small bets, which win on noisy data
+where the sequence settles late anyway, keep a share. Any fixed positive weights keep the
+mixture a test martingale (validity) and monotone (each product is); ``bench/sequential_grid.py``
+measured 45% against 52% of trajectories replayed at gap 0 for equal weights."""
+
+FUTILITY_SHARE = 0.5
+"""Share of a cohort replayed, looking for a FAIL, when not even an identical clone could pass it.
+Half: the example's multi-turn refund cohort (81 trajectories, 15 points below a 2-point margin)
+fails on 41 of them, not on 30, and at 0.5 the grid still replays under 45% at gap 0."""
+
+ROUNDS = 20
+"""A cohort is replayed in about this many rounds (at least 10 trajectories a round). Finer rounds
+cost no validity (the sequence is valid at every look) and stop closer to where the evidence
+settles: 20 rounds replayed 45% of a paired equal clone's trajectories where 10 replayed 52%
+(``bench/sequential_grid.py``); each round is one concurrent replay batch, so more rounds only
+add the latency of waiting for a round's slowest call."""
+
+
+def round_size(total: int) -> int:
+    """Trajectories per round for a cohort of ``total``: a twentieth, at least 10."""
+    return max(10, math.ceil(total / ROUNDS))
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """How a cohort will be replayed, fixed before any replay from its size, margin and level.
+
+    ``horizon`` is the number of trajectories after which the replay stops unsettled: the whole
+    cohort, or, when ``futile`` (not even an identical clone could pass it), the first round
+    end covering :data:`FUTILITY_SHARE` of it, where the fixed-n rule decides on the trajectories
+    replayed. ``needed`` is then the size that could pass.
+    """
+
+    total: int
+    round_size: int
+    horizon: int
+    futile: bool
+    needed: int | None
+
+    @classmethod
+    def for_cohort(cls, total: int, within: float, confidence: float = DEFAULT_CONFIDENCE,
+                   min_n: int = DEFAULT_MIN_N) -> SequentialPlan:
+        """The plan for a cohort of ``total`` trajectories gated at ``within`` points."""
+        size = round_size(total)
+        futile = total > 0 and not identical_clone_passes(total, within, confidence, min_n)
+        if not futile:
+            return cls(total, size, total, False, None)
+        rounds = math.ceil(max(size, math.ceil(FUTILITY_SHARE * total)) / size)
+        return cls(total, size, min(total, rounds * size), True, units_for_identical_clone(within, confidence, min_n))
+
+    def ends(self) -> list[int]:
+        """The number of trajectories seen at each look, up to the horizon."""
+        return [min(start + self.round_size, self.total) for start in range(0, self.horizon, self.round_size)]
+
+
+def identical_clone_passes(units: int, within: float, confidence: float = DEFAULT_CONFIDENCE,
+                           min_n: int = DEFAULT_MIN_N) -> bool:
+    """Whether the fixed-n rule passes a clone identical to the expert on ``units`` trajectories.
+
+    Each trajectory counts as one item: the largest effective sample ``units`` trajectories can
+    give (Kish's effective number never exceeds the number of clusters), so a False here holds
+    for any lengths. Depends on no replayed data.
+    """
+    from .parity import parity_verdict
+
+    if units < 1:
+        return False
+    ties = [1.0] * units
+    verdict = parity_verdict("identical", "clone", ties, ties, within=within, clusters=list(range(units)),
+                             confidence=confidence, min_n=min_n)
+    return verdict.status == "pass"
+
+
+def units_for_identical_clone(within: float, confidence: float = DEFAULT_CONFIDENCE,
+                              min_n: int = DEFAULT_MIN_N) -> int:
+    """The fewest trajectories on which the fixed-n rule passes an identical clone (about ``470 / within``)."""
+    lo, hi = 1, 16
+    while not identical_clone_passes(hi, within, confidence, min_n):
+        lo, hi = hi, hi * 2
+    while lo < hi:  # passing is monotone in the number of ties
+        mid = (lo + hi) // 2
+        if identical_clone_passes(mid, within, confidence, min_n):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
 
 # Bounds on the [0, 1] scale: a grid of 64 candidates refined twice, 64^-2 = 2.4e-4 (0.05 points,
 # the precision a report prints); the decisions themselves are exact (capital at the margin).
@@ -128,6 +255,7 @@ class SequentialParity:
         total_units: int,
         min_units: int = DEFAULT_MIN_N,
         bets: Sequence[float] = BETS,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within < 100:
             raise GateError(
@@ -140,12 +268,17 @@ class SequentialParity:
             raise GateError(f"total_units={total_units!r}: expected the cohort's number of trajectories (>= 1)")
         if not bets or any(not 0 < c < 1 for c in bets):
             raise GateError(f"bets={tuple(bets)!r}: expected betting fractions strictly between 0 and 1")
+        if weights is None:
+            weights = WEIGHTS if tuple(bets) == BETS else (1.0,) * len(bets)
+        if len(weights) != len(bets) or any(not (w > 0 and math.isfinite(w)) for w in weights):
+            raise GateError(f"weights={tuple(weights)!r}: expected one positive weight per bet ({len(bets)})")
         self.within = float(within)
         self.confidence = confidence
         self.zero_regression = zero_regression or within == 0
         self.total_units = total_units
         self.min_units = int(min_units)
         self._bets = tuple(float(c) for c in bets)
+        self._weights = tuple(float(w) / math.fsum(weights) for w in weights)
         self._threshold = math.log(2.0 / (1.0 - confidence))  # log(2 / alpha)
         self._m0 = (1.0 - self.within / 100.0) / 2.0
         self._y: list[float] = []
@@ -197,12 +330,12 @@ class SequentialParity:
         y = np.array(sorted(self._y))  # a canonical order: sums of logs then do not depend on arrival order
         seen = len(self._y)
         diff = (2.0 * self._sum / seen - 1.0) * 100.0 if seen else None
-        up = float(log_wealth(y[None, :], self._m0, self._bets, up=True)[0])
-        down = float(log_wealth(y[None, :], self._m0, self._bets, up=False)[0])
+        up = float(log_wealth(y[None, :], self._m0, self._bets, up=True, weights=self._weights)[0])
+        down = float(log_wealth(y[None, :], self._m0, self._bets, up=False, weights=self._weights)[0])
         self._best_up = max(self._best_up, up)
         self._best_down = max(self._best_down, down)
-        self._low = max(self._low, _bound(y, self._bets, self._threshold, up=True))
-        self._high = min(self._high, _bound(y, self._bets, self._threshold, up=False))
+        self._low = max(self._low, _bound(y, self._bets, self._weights, self._threshold, up=True))
+        self._high = min(self._high, _bound(y, self._bets, self._weights, self._threshold, up=False))
         low, high = (2.0 * self._low - 1.0) * 100.0, (2.0 * self._high - 1.0) * 100.0
         p_value = min(1.0, math.exp(-self._best_up)) if not self.zero_regression else None
         level = f"{self.confidence * 100:g}%"
@@ -231,11 +364,13 @@ class SequentialParity:
                                  f"-{self.within:g} pts after {seen} of {self.total_units} trajectories")
 
 
-def log_wealth(y: NDArray[np.float64], m: float, bets: Sequence[float], *, up: bool) -> NDArray[np.float64]:
+def log_wealth(y: NDArray[np.float64], m: float, bets: Sequence[float] = BETS, *, up: bool,
+               weights: Sequence[float] | None = None) -> NDArray[np.float64]:
     """``log K+(m)`` (``up``) or ``log K-(m)`` of each row of ``y`` (units on the [0, 1] scale).
 
     Vectorised over rows (gates): the bench and :class:`SequentialParity` share it. The mixture
-    is an equal-weight mean over ``bets`` of the products, taken in log space.
+    is the ``weights``-weighted mean over ``bets`` of the products (default: :data:`WEIGHTS` for
+    :data:`BETS`, equal weights for other bets), taken in log space.
     """
     import numpy as np
 
@@ -243,11 +378,42 @@ def log_wealth(y: NDArray[np.float64], m: float, bets: Sequence[float], *, up: b
     # Each factor is (1 - c) + c y / m (up) or (1 - c) + c (1 - y) / (1 - m): positive since c < 1.
     scaled = y[:, :, None] / m if up else (1.0 - y[:, :, None]) / (1.0 - m)
     per_bet = np.log((1.0 - c) + c * scaled).sum(axis=1)  # (rows, bets)
-    top = per_bet.max(axis=1, keepdims=True)
-    return np.asarray(top[:, 0] + np.log(np.exp(per_bet - top).mean(axis=1)))
+    return _mix(per_bet, _weights(bets, weights))
 
 
-def _bound(y: NDArray[np.float64], bets: Sequence[float], threshold: float, *, up: bool) -> float:
+def log_wealth_path(y: NDArray[np.float64], m: float, ends: Sequence[int], *, up: bool,
+                    bets: Sequence[float] = BETS, weights: Sequence[float] | None = None) -> NDArray[np.float64]:
+    """:func:`log_wealth` of every prefix ``y[:, :end]`` for ``end`` in ``ends``: shape (rows, len(ends)).
+
+    One cumulative sum instead of a sum per look: the simulation bench decides thousands of gates
+    at every round with it (``tests/test_sequential.py`` checks it against :func:`log_wealth`)."""
+    import numpy as np
+
+    c = np.asarray(bets, dtype=np.float64)[None, None, :]
+    scaled = y[:, :, None] / m if up else (1.0 - y[:, :, None]) / (1.0 - m)
+    cum = np.cumsum(np.log((1.0 - c) + c * scaled), axis=1)[:, [e - 1 for e in ends], :]  # (rows, looks, bets)
+    return _mix(cum, _weights(bets, weights))
+
+
+def _weights(bets: Sequence[float], weights: Sequence[float] | None) -> NDArray[np.float64]:
+    import numpy as np
+
+    if weights is None:
+        weights = WEIGHTS if tuple(bets) == BETS else (1.0,) * len(bets)
+    w = np.asarray(weights, dtype=np.float64)
+    return np.asarray(w / w.sum())
+
+
+def _mix(per_bet: NDArray[np.float64], w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log of the ``w``-weighted mean of ``exp(per_bet)`` over the last axis, computed stably."""
+    import numpy as np
+
+    top = per_bet.max(axis=-1, keepdims=True)
+    return np.asarray(top[..., 0] + np.log((np.exp(per_bet - top) * w).sum(axis=-1)))
+
+
+def _bound(y: NDArray[np.float64], bets: Sequence[float], weights: Sequence[float], threshold: float, *,
+           up: bool) -> float:
     """The sequence's bound at this look on the [0, 1] scale.
 
     ``K+(m)`` falls as ``m`` rises, so the lower bound is the largest ``m`` it still rejects
@@ -260,13 +426,12 @@ def _bound(y: NDArray[np.float64], bets: Sequence[float], threshold: float, *, u
     if y.size == 0:
         return 0.0 if up else 1.0
     c = np.asarray(bets, dtype=np.float64)[None, None, :]
+    w = _weights(bets, weights)
     lo, hi = 1e-12, 1.0 - 1e-12
     for _ in range(_REFINE):
         ms = np.linspace(lo, hi, _GRID)
         scaled = y[None, :, None] / ms[:, None, None] if up else (1.0 - y[None, :, None]) / (1.0 - ms[:, None, None])
-        per_bet = np.log((1.0 - c) + c * scaled).sum(axis=1)
-        top = per_bet.max(axis=1, keepdims=True)
-        rejected = top[:, 0] + np.log(np.exp(per_bet - top).mean(axis=1)) >= threshold
+        rejected = _mix(np.log((1.0 - c) + c * scaled).sum(axis=1), w) >= threshold
         step = ms[1] - ms[0]
         if up:  # rejected on a prefix of ms
             k = int(np.count_nonzero(rejected))

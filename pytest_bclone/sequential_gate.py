@@ -13,6 +13,12 @@ which counts failed calls, decides at the end). A FAIL may stop the cohort early
 the trajectories that were scored already put the clone below its margin. A cohort that reaches
 its full size without settling is decided by the fixed-n rule on all its items, exactly as
 without ``--bclone-sequential``.
+
+A cohort too small for even a clone identical to the expert to pass its margin (known from its
+size alone, :func:`pytest_bclone.sequential.identical_clone_passes`) is replayed for
+:data:`~pytest_bclone.sequential.FUTILITY_SHARE` of its trajectories and, unless the sequence
+settles by then, decided by the fixed-n rule on those ("too small"): FAIL when they already put
+the clone below its margin, else INCONCLUSIVE with the number of trajectories it would need.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .parity import derive_seed
+from .sequential import ROUNDS, round_size
 
 if TYPE_CHECKING:
     from .parity import Status, Verdict
@@ -30,9 +37,6 @@ if TYPE_CHECKING:
     from .session import BcloneSession
 
 __all__ = ["ROUNDS", "SequentialRun", "round_size", "savings", "sequential_parity"]
-
-ROUNDS = 10
-"""A cohort is replayed in about this many rounds (at least 10 trajectories a round)."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +49,13 @@ class SequentialRun:
     replayed: int  # trajectories of the cohort replayed when it stopped
     total: int
     rounds: int
-    stopped: str  # "pass", "fail" (settled early) or "full" (decided by the fixed-n rule)
+    stopped: str  # "pass", "fail" (settled early), "too small" (futility) or "full" (the fixed-n rule)
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the report's ``sequential`` block)."""
         return {"cohort": self.cohort, "metric": self.metric, "mode": self.mode, "replayed": self.replayed,
                 "total": self.total, "rounds": self.rounds, "stopped": self.stopped, "reason": self.reason}
-
-
-def round_size(total: int) -> int:
-    """Trajectories per round for a cohort of ``total``: a tenth, at least 10."""
-    return max(10, math.ceil(total / ROUNDS))
 
 
 def seeded_order(trajectories: list[Trajectory], seed: int, cohort: str) -> list[Trajectory]:
@@ -70,12 +69,16 @@ def seeded_order(trajectories: list[Trajectory], seed: int, cohort: str) -> list
 def sequential_parity(session: BcloneSession, cohort: str, within: float, metric: str, mode: str,
                       confidence: float) -> tuple[Verdict, SequentialRun]:
     """Replay ``cohort`` round by round until the confidence sequence settles its verdict."""
-    from .sequential import SequentialParity
+    from .sequential import SequentialParity, SequentialPlan
 
     runner = session.runner
     order = seeded_order([t for t in runner.eval_trajectories if cohort in t.cohorts], session.cfg.seed, cohort)
     total = len(order)
-    size = round_size(total)
+    # Fixed before any replay, from the cohort's size alone: its rounds, and whether even a clone
+    # identical to the expert could pass it (if not, only FUTILITY_SHARE is replayed: a FAIL can
+    # still show).
+    plan = SequentialPlan.for_cohort(total, within, confidence)
+    size = plan.round_size
     gate = SequentialParity(within, confidence, zero_regression=within == 0, total_units=max(total, 1))
     seen: set[str] = set()
     failed_units = 0
@@ -104,6 +107,21 @@ def sequential_parity(session: BcloneSession, cohort: str, within: float, metric
             state = gate.update(diffs, regressions)
         if state.status == "fail" or (state.status == "pass" and failed_units == 0):
             break
+        if len(seen) >= plan.horizon:
+            break
+    if plan.futile and not state.settled and len(seen) < total:
+        # Too small for parity: decided at the plan's fixed horizon by the fixed-n rule on what was
+        # replayed (a clone clearly below its margin fails; otherwise inconclusive, named too small).
+        partial = session.fixed_parity(cohort, within, metric, mode, confidence, only=seen)
+        small = (f"too small to show parity: even a clone identical to the expert on all {total} trajectories "
+                 f"could not pass a {within:g}-point margin at {confidence * 100:g}% (about {plan.needed} are "
+                 f"needed); decided by the fixed-n rule on the {len(seen)} replayed")
+        if partial.status == "inconclusive":
+            verdict = replace(partial, n_needed=plan.needed, reason=f"sequential: {small}")
+        else:
+            verdict = replace(partial, reason=f"sequential: {small}: {partial.reason}")
+        return verdict, SequentialRun(cohort, metric, mode, len(seen), total, rounds, "too small",
+                                      f"{small}: {partial.status}")
     full = len(seen) >= total
     if full or not state.settled or (state.status == "pass" and failed_units):
         # Not settled early (or a pass that failed calls cannot vouch for): the fixed-n rule on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -12,7 +13,19 @@ from hypothesis import strategies as st
 
 from pytest_bclone.errors import GateError
 from pytest_bclone.parity import parity_verdict
-from pytest_bclone.sequential import BETS, SequentialParity, SequentialState, log_wealth
+from pytest_bclone.sequential import (
+    BETS,
+    FUTILITY_SHARE,
+    WEIGHTS,
+    SequentialParity,
+    SequentialPlan,
+    SequentialState,
+    identical_clone_passes,
+    log_wealth,
+    log_wealth_path,
+    round_size,
+    units_for_identical_clone,
+)
 
 RANK = {"fail": 0, "continue": 1, "pass": 2}
 
@@ -197,3 +210,130 @@ def test_pass_means_the_p_value_and_the_sequence_clear_the_margin(diffs: list[fl
             assert s.low >= -within - 0.05
         if s.status == "fail":
             assert s.high <= -within + 0.05
+
+
+# -- the mixture's weights ------------------------------------------------------------------------
+
+
+def test_weights_halve_from_the_largest_bet_and_sum_to_one() -> None:
+    assert math.isclose(math.fsum(WEIGHTS), 1.0)
+    assert all(math.isclose(a, 2 * b) for a, b in itertools.pairwise(WEIGHTS))
+    assert BETS[0] == max(BETS) and len(WEIGHTS) == len(BETS)
+
+
+def test_the_weighted_mixture_is_the_weighted_mean_of_the_bets_products() -> None:
+    y = np.random.default_rng(3).uniform(0, 1, (4, 50))
+    per_bet = np.array([[np.prod(1 + (c / 0.49) * (row - 0.49)) for c in BETS] for row in y])
+    assert np.allclose(log_wealth(y, 0.49, up=True), np.log(per_bet @ np.asarray(WEIGHTS)))
+    equal = log_wealth(y, 0.49, BETS, up=True, weights=[1.0] * len(BETS))
+    assert np.allclose(equal, np.log(per_bet.mean(axis=1)))
+
+
+def test_the_path_is_log_wealth_at_every_look() -> None:
+    y = np.random.default_rng(4).uniform(0, 1, (3, 97))
+    ends = [10, 20, 55, 97]
+    for up in (True, False):
+        path = log_wealth_path(y, 0.485, ends, up=up)
+        assert np.allclose(path, np.stack([log_wealth(y[:, :e], 0.485, up=up) for e in ends], axis=1))
+
+
+def test_bad_weights_are_one_clear_error() -> None:
+    with pytest.raises(GateError, match=r"weights=\(1.0, -1.0\): expected one positive weight per bet \(2\)"):
+        SequentialParity(3, total_units=10, bets=(0.5, 0.2), weights=(1.0, -1.0))
+    with pytest.raises(GateError, match="one positive weight per bet"):
+        SequentialParity(3, total_units=10, bets=(0.5, 0.2), weights=(1.0,))
+
+
+# -- cohorts too small for parity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("within", [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0])
+def test_no_cohort_passes_below_the_information_floor(within: float) -> None:
+    """t ties cannot tell an equal clone from one losing whole trajectories at rate within/100
+    (which ties all t with probability (1 - w)^t): no valid level-2.5% rule passes on fewer
+    than log(0.025) / log(1 - w) of them. The fixed-n rule must respect the floor, and the
+    smallest passing size is where passing starts for good."""
+    floor = math.log(0.025) / math.log(1 - within / 100)
+    needed = units_for_identical_clone(within)
+    assert needed >= floor
+    assert identical_clone_passes(needed, within) and not identical_clone_passes(needed - 1, within)
+    assert all(identical_clone_passes(k, within) for k in range(needed, needed + 40))
+
+
+def test_known_sizes_an_identical_clone_needs() -> None:
+    # about 470 / within: 156 trajectories at 3 points, 476 at 1 point
+    assert [units_for_identical_clone(w) for w in (1.0, 3.0, 5.0)] == [476, 156, 92]
+    assert units_for_identical_clone(0.0) == 1  # zero regression: ties always pass
+
+
+def test_the_plan_is_fixed_by_size_margin_and_level() -> None:
+    small = SequentialPlan.for_cohort(109, 3.0)
+    assert small.futile and small.needed == 156 and small.round_size == 10
+    assert small.horizon == 60 and small.ends() == [10, 20, 30, 40, 50, 60]  # first round end >= half of 109
+    assert small.horizon >= FUTILITY_SHARE * 109
+    big = SequentialPlan.for_cohort(2000, 3.0)
+    assert not big.futile and big.needed is None and big.horizon == 2000
+    assert big.ends()[:2] == [100, 200] and big.ends()[-1] == 2000 and len(big.ends()) == 20
+    assert SequentialPlan.for_cohort(156, 3.0).futile is False
+    assert SequentialPlan.for_cohort(155, 3.0).futile is True
+    assert SequentialPlan.for_cohort(155, 3.0, confidence=0.8).futile is False  # a lower level needs fewer
+    assert round_size(15) == 10 and round_size(1001) == 51
+
+
+RANKS = {"fail": 0, "inconclusive": 1, "pass": 2}
+
+
+def gate(diffs: list[float], within: float) -> tuple[str, int]:
+    """The sequential gate's procedure on trajectory-mean differences (sequential_gate's loop):
+    rounds by the plan, stop on a settled sequence, else the fixed-n rule on what was replayed
+    (every trajectory, or a futile plan's horizon). Returns (verdict, trajectories replayed)."""
+    plan = SequentialPlan.for_cohort(len(diffs), within)
+    seq = SequentialParity(within, total_units=len(diffs))
+    seen = 0
+    for end in plan.ends():
+        state = seq.update(diffs[seen:end])
+        seen = end
+        if state.settled:
+            return state.status, end
+    seen_diffs = diffs[:plan.horizon]  # all of them, or a futile plan's horizon
+    expert = [max(0.0, -x) for x in seen_diffs]
+    clone = [max(0.0, x) for x in seen_diffs]
+    verdict = parity_verdict("c", "m", expert, clone, within=within, clusters=list(range(len(seen_diffs))))
+    return verdict.status, plan.horizon
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(20, 260), st.sampled_from([3.0, 5.0]), st.data())
+def test_the_whole_procedure_is_monotone_futility_included(units: int, within: float, data: st.DataObject) -> None:
+    """Cohorts on both sides of the futility size: a clone better on any trajectory never gets a
+    harsher verdict, whether the cohort settles, stops as too small, or falls to the fixed-n rule."""
+    diffs = data.draw(st.lists(unit, min_size=units, max_size=units))
+    raised = [min(1.0, x + data.draw(st.sampled_from([0.0, 0.0, 0.0, 0.1, 0.5, 2.0]))) for x in diffs]
+    worse, better = gate(diffs, within), gate(raised, within)
+    assert RANKS[better[0]] >= RANKS[worse[0]], (worse, better)
+
+
+def test_a_futile_cohort_still_fails_a_clearly_worse_clone_and_stops_a_good_one_early() -> None:
+    rng = np.random.default_rng(11)
+    bad = (-rng.binomial(10, 0.4, 100) / 10).tolist()  # 40 points worse, 3-point margin
+    assert gate(bad, 3.0) == ("fail", 20)
+    good = [0.0] * 100  # identical, but 100 trajectories cannot show 3 points
+    assert gate(good, 3.0) == ("inconclusive", 50)
+    # 15 points worse: the sequence does not settle by the horizon; the fixed-n look there fails it
+    worse = (-np.random.default_rng(12).binomial(10, 0.15, 100) / 10).tolist()
+    assert gate(worse, 3.0) == ("fail", 50)
+
+
+def test_the_procedure_is_monotone_on_realistic_cohorts_near_every_boundary() -> None:
+    """Seeded: clustered cohorts at gaps around the margin, on both sides of the futility size,
+    each beside a copy improved on a few trajectories; the copy never gets a harsher verdict."""
+    rng = np.random.default_rng(20261202)
+    for trial in range(250):
+        units = int(rng.choice([40, 100, 150, 160, 240]))
+        within = float(rng.choice([3.0, 5.0]))
+        diffs = units_at(rng, units, gap=float(rng.uniform(0.0, 0.12)))
+        raised = list(diffs)
+        for i in rng.choice(units, size=int(rng.integers(1, 6)), replace=False):
+            raised[i] = min(1.0, raised[i] + float(rng.choice([0.1, 0.3, 1.0])))
+        worse, better = gate(diffs, within), gate(raised, within)
+        assert RANKS[better[0]] >= RANKS[worse[0]], (trial, worse, better)

@@ -109,10 +109,13 @@ def test_sequential_reaches_the_full_gates_decision_with_fewer_calls(suite: pyte
     assert seq_calls < full_calls * 0.7, (seq_calls, full_calls)
     good, bad, good_zero, broken = seq["sequential"]["cohorts"]  # in the order the tests ran
     assert good["stopped"] == "pass" and good["replayed"] < 400  # settled early
-    assert bad["stopped"] == "fail" and bad["replayed"] <= round_size(400) * 2
+    assert bad["stopped"] == "fail" and bad["replayed"] <= 400 // 5
     # Zero regression passes only on every trajectory; failed calls never let a cohort pass early.
     assert good_zero["stopped"] == "full" and good_zero["replayed"] == 400
-    assert broken["stopped"] in ("full", "fail")
+    # 60 trajectories cannot show a 5-point margin even for an identical clone (92 are needed):
+    # known before the replay, so the cohort stops after half of it, inconclusive as in full.
+    assert broken["stopped"] == "too small" and broken["replayed"] == 3 * round_size(60) == 30
+    assert "about 92 are needed" in broken["reason"]
     saved = seq["sequential"]
     assert saved["saved_trajectories"] > 0 and saved["saved_calls"] > 0 and saved["saved_usd"] > 0
     # The saving is what the clone did not have to answer.

@@ -190,7 +190,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "cohorts": {"type": "array", "items": _object({
                     "cohort": {"type": "string"}, "metric": {"type": "string"}, "mode": {"type": "string"},
                     "replayed": _COUNT, "total": _COUNT, "rounds": _COUNT,
-                    "stopped": {"enum": ["pass", "fail", "full"]}, "reason": {"type": "string"},
+                    "stopped": {"enum": ["pass", "fail", "full", "too small"]}, "reason": {"type": "string"},
                 })},
                 "saved_trajectories": _COUNT,
                 "saved_calls": _COUNT,

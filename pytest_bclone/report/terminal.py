@@ -338,10 +338,12 @@ def sequential_lines(summary: Mapping[str, Any]) -> list[str]:
         return []
     out = ["sequential replay (stops a cohort once an anytime-valid confidence sequence settles it):"]
     for run in seq.get("cohorts") or []:
-        stopped = {"pass": "settled: pass", "fail": "settled: fail", "full": "full replay"}.get(
+        stopped = {"pass": "settled: pass", "fail": "settled: fail", "full": "full replay",
+                   "too small": "stopped: too small for the margin"}.get(
             text(run.get("stopped")), text(run.get("stopped")))
         out.append(f"  {text(run.get('cohort'))}/{text(run.get('metric'))}: {fmt_count(run.get('replayed') or 0)} of "
-                   f"{fmt_count(run.get('total') or 0)} trajectories in {fmt_count(run.get('rounds') or 0)} rounds, "
+                   f"{fmt_count(run.get('total') or 0)} trajectories in {fmt_count(run.get('rounds') or 0)} "
+                   f"round{'' if run.get('rounds') == 1 else 's'}, "
                    f"{stopped} ({text(run.get('reason'))})")
     usd = seq.get("saved_usd")
     money = "unknown (see --bclone-price)" if usd is None else f"${usd:,.4f}"
