@@ -74,6 +74,21 @@ def _plain(value: Any) -> bool:
     return False
 
 
+def _plain_args(args: Any) -> bool:
+    """Whether every value of an argument dict is :func:`_plain` (the common scalar cases inline)."""
+    for v in args.values():
+        t = type(v)
+        if t is str or v is None:
+            continue
+        if t is int or t is float:
+            if v != 0 and v != 1:
+                continue
+            return False
+        if not _plain(v):
+            return False
+    return True
+
+
 def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tuple[int, ...]]:
     """The expert side of every decision point of ``trajectory``, computed once and kept on it."""
     memo = trajectory.memo()
@@ -82,21 +97,25 @@ def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tu
         return hit  # type: ignore[no-any-return]
     tools = toolset(trajectory.tools)
     out: list[_Compiled] = []
+    add = out.append
+    # canonical arguments and call keys (entries 2, 5, 9) are filled in by _normed when first
+    # needed: the expert's own replies and exact copies never need them
     for action in trajectory.expert_actions():
         calls = action.tool_calls
-        names = tuple(c.name for c in calls)
         if not calls:
-            out.append([0, "", None, None, names, (), action, False, True, (), ()])
+            add([0, "", None, None, (), (), action, False, True, (), ()])
             continue
-        # canonical arguments and call keys are filled in by _normed when first needed: the
-        # expert's own replies and exact copies never need them
-        plain = tuple(c.arguments is not None and all(_plain(v) for v in c.arguments.values()) for c in calls)
-        parseable = all(c.arguments is not None for c in calls)  # then the action matches itself exactly
+        if len(calls) == 1:  # the common single call, without the generators below
+            call = calls[0]
+            raw = call.arguments
+            if raw is not None:
+                add([1, call.name, None, raw, (call.name,), None, action, _plain_args(raw), True, None, (raw,)])
+                continue
+        names = tuple(c.name for c in calls)
         raws = tuple(c.arguments for c in calls)
-        if len(calls) == 1 and parseable:
-            out.append([1, names[0], None, raws[0], names, None, action, plain[0], True, None, raws])
-        else:
-            out.append([2, names[0], None, raws, names, None, action, all(plain), parseable, None, raws])
+        parseable = all(r is not None for r in raws)  # then the action matches itself exactly
+        plain = parseable and all(_plain_args(r) for r in raws)
+        add([2, names[0], None, raws, names, None, action, plain, parseable, None, raws])
     indexes = trajectory._indexes or tuple(trajectory.assistant_indexes())
     compiled = (tools, tuple(out), indexes)
     memo[_EXPERT_KEY] = compiled
@@ -114,15 +133,50 @@ def _normed(ex: _Compiled, tools: Toolset) -> _Compiled:
     return ex
 
 
+class _MemoKey:
+    """A memo key whose hash is computed once: hashing a policy (a frozen dataclass of name lists)
+    or a pattern costs microseconds, once per trajectory and pass otherwise."""
+
+    __slots__ = ("_hash", "key")
+
+    def __init__(self, *key: Hashable) -> None:
+        self.key = key
+        self._hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other.__class__ is _MemoKey and self.key == other.key
+
+
 def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, tools: Toolset,
-                     compiled: tuple[_Compiled, ...]) -> tuple[bool, ...]:
-    """Whether each decision point is a refusal state under ``evaluator``'s policy (kept on the trajectory)."""
-    key = ("bclone.columns.refusal", evaluator.policy, evaluator.refusal_pattern)
+                     compiled: tuple[_Compiled, ...], key: _MemoKey) -> tuple[bool, ...]:
+    """Whether each decision point is a refusal state under ``evaluator``'s policy (kept on the
+    trajectory under ``key``, :func:`_refusal_key`): :meth:`SafetyRefusal.refusal_kind` of the
+    expert's action is not ``None``."""
     memo = trajectory.memo()
     hit = memo.get(key)
     if hit is None:
-        hit = memo[key] = tuple(evaluator.refusal_kind(c[6], tools) is not None for c in compiled)
+        policy = evaluator.policy
+        pattern = evaluator.refusal_pattern
+        is_transfer = policy.is_transfer
+        out = []
+        for ex in compiled:
+            text = ex[6].text
+            if ex[0] == 0:  # text only: a refusal text (no call can change state)
+                out.append(bool(text) and is_refusal(text, pattern))
+            elif is_transfer(ex[1]) or (ex[0] == 2 and any(is_transfer(name) for name in ex[4])):
+                out.append(True)
+            else:
+                out.append(bool(text) and is_refusal(text, pattern)
+                           and not policy.state_changing_calls(ex[6], tools))
+        hit = memo[key] = tuple(out)
     return hit
+
+
+def _refusal_key(evaluator: SafetyRefusal) -> _MemoKey:
+    return _MemoKey("bclone.columns.refusal", evaluator.policy, evaluator.refusal_pattern)
 
 
 class StepColumns:
@@ -229,6 +283,7 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
     indexes: tuple[int, ...] = ()
     refusals: tuple[bool, ...] = ()
     names: frozenset[str] = frozenset()
+    refusal_key = _refusal_key(safety) if safety is not None else None
     for point, action in pairs:
         if action is None:
             raise _failed("score_steps_columns", point)
@@ -236,8 +291,8 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
         if t is not last:
             tools, compiled, indexes = _compile(t)
             names = tools.names
-            if safety is not None:
-                refusals = _expert_refusals(t, safety, tools, compiled)
+            if safety is not None and refusal_key is not None:
+                refusals = _expert_refusals(t, safety, tools, compiled, refusal_key)
             last = t
         assert tools is not None
         step = point[1]
@@ -457,13 +512,14 @@ class _FusedTrajectories:
     normalised once, for both metrics.
     """
 
-    __slots__ = ("changing", "tc", "want_ts")
+    __slots__ = ("changing", "plan_key", "tc", "want_ts")
 
     def __init__(self, want_ts: bool, tc: TaskCompletion | None) -> None:
         self.want_ts = want_ts
         self.tc = tc
         # is_state_changing per tool name, per toolset object (the metadata rule reads the toolset)
         self.changing: dict[Toolset, dict[str, bool]] = {}
+        self.plan_key = _MemoKey("bclone.columns.task_fallback", tc.policy if tc is not None else None)
 
     def group(self, trajectory: Trajectory, group: Sequence[Pair]) -> tuple[float, float] | None:
         """``(trajectory_score, task_completion)`` of one whole, well-formed group (a metric not
@@ -481,7 +537,7 @@ class _FusedTrajectories:
         expert_counts: tuple[dict[Hashable, int], ...] = ()
         if fallback:
             assert tc is not None
-            located, expert_counts = _fallback_plan(tc, trajectory, tools, compiled)
+            located, expert_counts = _fallback_plan(tc, trajectory, tools, compiled, self.plan_key)
         changing_of = self.changing.get(tools)
         if changing_of is None:
             changing_of = self.changing[tools] = {}
@@ -610,12 +666,11 @@ def _outcome_value(tc: TaskCompletion | None, trajectory: Trajectory, tools: Too
 _REQUIRED_KEY = "bclone.columns.required"
 
 
-def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset, compiled: Sequence[_Compiled]
-                   ) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...]]:
+def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset, compiled: Sequence[_Compiled],
+                   key: _MemoKey) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...]]:
     """Where the requirements of :meth:`TaskCompletion.requirements` (no expected outcome) are
     located (the general path's first-come consumption of the expert's calls): the keys located at
-    each step; and the expert's call counts per step. Kept on the trajectory per policy."""
-    key = ("bclone.columns.task_fallback", ev.policy)
+    each step; and the expert's call counts per step. Kept on the trajectory under ``key`` (per policy)."""
     memo = trajectory.memo()
     hit = memo.get(key)
     if hit is not None:
