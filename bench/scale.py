@@ -16,7 +16,11 @@ scoring, shift check, statistics, report; ``rest`` is the wall time no phase cov
 pytest's hooks, teardown and exit). Under ``-n 2`` the phases are the workers' seconds of work,
 summed, so no ``rest`` is shown. The machine may be shared: compare CPU seconds and peak RSS.
 
-    python bench/scale.py [--sizes 10000,100000,1000000] [--xdist]
+    python bench/scale.py [--sizes 10000,100000,1000000] [--xdist] [--before DIR]
+
+``--before DIR`` also runs the gate from an older source tree (e.g. ``git worktree add DIR <commit>``,
+or ``git archive <commit> | tar -x -C DIR``), put first on ``PYTHONPATH``, beside this one on the
+same dataset in the same run: the before/after figures of a change.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="decision points per run, comma-separated")
     parser.add_argument("--xdist", action="store_true", help="also run the gate with -n 2")
+    parser.add_argument("--before", metavar="DIR", help="also run the gate from the source tree DIR (same run)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
@@ -171,11 +176,15 @@ def main() -> None:
             base = measured([sys.executable, "-c", BASELINE, str(root)], work)
             start = measured([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_empty.py"],
                              suite)
-            runs = [("gate", [])] + ([("gate -n 2", ["-n", "2"])] if args.xdist else [])
-            for label, extra in runs:
-                report = work / f"report-{len(extra)}.json"
+            runs = [("gate", [], None)] + ([("gate -n 2", ["-n", "2"], None)] if args.xdist else [])
+            if args.before:
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(Path(args.before).resolve()), os.environ.get("PYTHONPATH")) if p)}
+                runs.insert(0, ("before", [], env))
+            for n_run, (label, extra, env) in enumerate(runs):
+                report = work / f"report-{n_run}.json"
                 res = measured([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gate.py",
-                                "--bclone-dataset=bench@v1", f"--bclone-report-json={report}", *extra], suite)
+                                "--bclone-dataset=bench@v1", f"--bclone-report-json={report}", *extra], suite, env)
                 if res["rc"] not in (0, 1) or not report.exists():
                     print(f"gate failed (exit {res['rc']}):\n{res['tail']}")
                     continue

@@ -7,6 +7,7 @@ bclone_case parametrisation, lazy single replay, and equality of results under p
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -474,3 +475,61 @@ def test_a_holm_correction_that_overturns_passes_blocks_the_gate(tmp_path):
     for v in summary["verdicts"]:
         assert v["holm_adjusted"] and v["p_adjusted"] == pytest.approx(0.04)
         assert v["status"] == "fail" and "Holm" in v["reason"] and v["outcome"] == "failed"
+
+
+def test_a_large_gate_exits_fast_with_its_exit_code_reports_and_exit_work(gate: pytest.Pytester):
+    """A gate with many results ends through fast_exit (the threshold lowered here): the exit code,
+    the terminal summary, the JUnit and JSON reports, pytest's cleanups and atexit functions are
+    all as in an ordinary exit."""
+    gate.makeconftest(CONFTEST + '''
+import atexit
+import pytest_bclone.plugin as plugin
+
+plugin.FAST_EXIT_ITEMS = 1
+_fast_exit = plugin.fast_exit
+
+
+def fast_exit(config, code):
+    with open("fast_exit.log", "w") as f:
+        f.write(str(code))
+    _fast_exit(config, code)
+
+
+plugin.fast_exit = fast_exit
+atexit.register(lambda: open("atexit.log", "w").write("ran"))
+
+
+def pytest_configure(config):
+    config.add_cleanup(lambda: open("cleanup.log", "w").write("ran"))
+''')
+    gate.makepyfile(test_cohorts="""
+        from pytest_bclone import assert_parity
+
+        def test_good():
+            assert_parity(cohort="good", within=2)
+
+        def test_bad():
+            assert_parity(cohort="bad", within=3)
+    """)
+    result = gate.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--junitxml=junit.xml",
+                                       "--bclone-report-json=report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == 1
+    assert (gate.path / "fast_exit.log").read_text() == "1"  # the fast path was taken
+    result.stdout.re_match_lines([r"BCLONE GATE: BLOCKED \(bad: action_match fail\)"])
+    assert 'failures="1"' in (gate.path / "junit.xml").read_text()
+    assert json.loads((gate.path / "report.json").read_text())["gate"]["decision"] == "BLOCKED"
+    assert (gate.path / "cleanup.log").read_text() == "ran"
+    assert (gate.path / "atexit.log").read_text() == "ran"
+    # pytest.main() from a program that goes on never exits under it
+    gate.makepyfile(run_main="""
+        import sys
+        import pytest
+
+        code = pytest.main(["-p", "no:cacheprovider", "-p", "no:xdist", "-q", "test_cohorts.py"])
+        print("still running after pytest.main:", int(code))
+    """)
+    (gate.path / "fast_exit.log").unlink()
+    after = gate.run(sys.executable, "run_main.py")
+    assert "still running after pytest.main: 1" in after.stdout.str()
+    assert not (gate.path / "fast_exit.log").exists()

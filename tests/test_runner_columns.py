@@ -38,13 +38,19 @@ class MixedClone:
         return await self.recorded.act(state, repeat=repeat)
 
 
-def test_columnar_items_equal_the_general_path(tmp_path):
-    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(i) for i in range(1, 43)])
+def _session(tmp_path, rows: int) -> BcloneSession:
+    """A session over ``rows`` stored trajectories gating MixedClone, common_intents replayed."""
+    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(i) for i in range(1, rows + 1)])
     cfg = build_config({"clone": "mixed"}, {}, str(tmp_path))
     dataset = DatasetStore(str(tmp_path)).load("v1")
     session = BcloneSession(cfg, dataset, make_agent_hook=lambda role, spec: (
         MixedClone(dataset.trajectories) if spec == "mixed" else None), progress=False)
     session.ensure("common_intents", "step")
+    return session
+
+
+def test_columnar_items_equal_the_general_path(tmp_path):
+    session = _session(tmp_path, 42)
     runner, reg = session.runner, session.registry
     step_m, traj_m, _, _ = runner._metrics()
     clone = runner.agents()["clone"]
@@ -84,12 +90,8 @@ def test_a_replay_keeps_no_parsed_messages(tmp_path):
     """A recorded expert and a clone that never reads the messages: the stored JSON of every
     trajectory stays unparsed after replay and scoring (a large gate's memory went there), and a
     state's messages, when read, equal the recorded prefix."""
-    DatasetStore(str(tmp_path)).write_version("support", "v1", [make_row(i) for i in range(1, 13)])
-    cfg = build_config({"clone": "mixed"}, {}, str(tmp_path))
-    dataset = DatasetStore(str(tmp_path)).load("v1")
-    session = BcloneSession(cfg, dataset, make_agent_hook=lambda role, spec: (
-        MixedClone(dataset.trajectories) if spec == "mixed" else None), progress=False)
-    session.ensure("common_intents", "step")
+    session = _session(tmp_path, 12)
+    dataset = session.dataset
     replayed = [t for t in session.eval_trajectories if t.id in session.runner.replayed("step")]
     assert replayed and session.store.get(ItemKey("step", "step", f"{replayed[0].id}#0")) is not None
     assert all(t.messages._items is None for t in dataset.trajectories)  # LazyMessages still unparsed
