@@ -30,7 +30,16 @@ from ..records import Action, DecisionPoint, Score, Trajectory
 from .base import Step
 from .completion import TaskCompletion
 from .imitation import ActionMatch, DeadTool, ToolArguments, ToolSelection
-from .normalize import Toolset, arg_agreement, call_key, match_calls, normalize_args, normalize_text, toolset
+from .normalize import (
+    NormArgs,
+    Toolset,
+    arg_agreement,
+    call_key,
+    match_calls,
+    normalize_args,
+    normalize_text,
+    toolset,
+)
 from .safety import SafetyRefusal, StateChangePolicy, is_refusal
 from .trajectory import TrajectoryScore
 
@@ -509,7 +518,9 @@ class _FusedTrajectories:
     Each step is first told apart as *the expert's own calls* (the same action, or the same calls in
     the same order with equal plain arguments, see :func:`_plain`): then its credit is 1 and its
     call keys are the expert's, computed once per load. Otherwise the agent's arguments are
-    normalised once, for both metrics.
+    normalised once, for both metrics. With an expected outcome only calls of a required tool
+    need a key: any other call is beyond the requirements, so only its name matters (is it
+    state-changing?).
     """
 
     __slots__ = ("changing", "plan_key", "tc", "want_ts")
@@ -535,6 +546,10 @@ class _FusedTrajectories:
         fallback = tc is not None and expected is None
         located: tuple[tuple[Hashable, ...], ...] = ()
         expert_counts: tuple[dict[Hashable, int], ...] = ()
+        required: list[Hashable] = []
+        required_names: frozenset[str] = frozenset()
+        if with_expected:
+            required, required_names = _required(trajectory, tools)
         if fallback:
             assert tc is not None
             located, expert_counts = _fallback_plan(tc, trajectory, tools, compiled, self.plan_key)
@@ -543,8 +558,8 @@ class _FusedTrajectories:
             changing_of = self.changing[tools] = {}
         credits: list[float] = []
         credit = credits.append
-        left: dict[Hashable, int] = {}  # with an expected outcome: the agent's call keys, counted
-        unwanted_call = False  # with an expected outcome: an unparseable state-changing call
+        left: dict[Hashable, int] = {}  # with an expected outcome: the agent's keys of required tools, counted
+        unwanted_call = False  # with an expected outcome: a state-changing call that no requirement can take
         texts: list[str] = []
         outputs = expected.outputs if expected is not None else ()
         reproduced = unwanted = 0
@@ -570,31 +585,45 @@ class _FusedTrajectories:
             if same:
                 if want_ts:
                     credit(1.0)
-                if with_expected and n:
-                    for key in _normed(ex, tools)[9]:
-                        left[key] = left.get(key, 0) + 1
+                if with_expected and n and not unwanted_call:
+                    for j, name in enumerate(ex[4]):
+                        if name in required_names:
+                            key = _normed(ex, tools)[9][j]
+                            left[key] = left.get(key, 0) + 1
+                        elif _changing(tc, name, tools, changing_of):
+                            unwanted_call = True
                 elif fallback:
                     reproduced += len(located[i - 1])
             else:
-                norms = [normalize_args(c, tools) for c in calls] if n else []
+                norms: list[NormArgs | None] | None = None
                 if want_ts:
                     if kind == 1 and n == 1:
                         # CallMatch.credit of one pair: its agreement / 1
-                        credit(arg_agreement(_normed(ex, tools)[2], norms[0]) / 1 if calls[0].name == ex[1]
-                               else 0.0)
+                        if calls[0].name == ex[1]:
+                            norms = [normalize_args(calls[0], tools)]
+                            credit(arg_agreement(_normed(ex, tools)[2], norms[0]) / 1)
+                        else:
+                            credit(0.0)
                     elif n == 0 or kind == 0:
                         credit(0.0)
                     else:
+                        norms = [normalize_args(c, tools) for c in calls]
                         credit(match_calls(ex[4], _normed(ex, tools)[5], action.tool_names, tuple(norms)).credit)
                 if with_expected:
-                    for c, a in zip(calls, norms):
-                        if a is None:  # a unique key: never required, so always beyond the requirements
+                    if not unwanted_call:
+                        for j, c in enumerate(calls):
+                            if c.name in required_names:
+                                a = norms[j] if norms is not None else normalize_args(c, tools)
+                                if a is not None:
+                                    key = (c.name, frozenset(a.items()))  # call_key, inlined
+                                    left[key] = left.get(key, 0) + 1
+                                    continue
+                            # not a required tool, or unparseable (a unique key): beyond the requirements
                             if _changing(tc, c.name, tools, changing_of):
                                 unwanted_call = True
-                        else:
-                            key = (c.name, frozenset(a.items()))  # call_key, inlined
-                            left[key] = left.get(key, 0) + 1
                 elif fallback:
+                    if norms is None:
+                        norms = [normalize_args(c, tools) for c in calls]
                     here: dict[Hashable, int] = {}
                     expert_here = dict(expert_counts[i - 1])
                     for c, a in zip(calls, norms):
@@ -617,7 +646,7 @@ class _FusedTrajectories:
         ts_value = min(1.0, sum(credits) / len(credits)) if want_ts and credits else 1.0
         tc_value = 1.0
         if with_expected:
-            tc_value = _outcome_value(tc, trajectory, tools, left, unwanted_call, outputs, texts, changing_of)
+            tc_value = _outcome_value(tc, tools, required, left, unwanted_call, outputs, texts, changing_of)
         elif fallback:
             total = sum(len(here) for here in located) + unwanted
             tc_value = reproduced / total if total else 1.0
@@ -633,19 +662,15 @@ def _changing(tc: TaskCompletion | None, name: str, tools: Toolset, cache: dict[
     return hit
 
 
-def _outcome_value(tc: TaskCompletion | None, trajectory: Trajectory, tools: Toolset, left: dict[Hashable, int],
-                   unwanted_call: bool, outputs: Sequence[str], texts: list[str], changing_of: dict[str, bool]) -> float:
-    """The binary rule of :meth:`TaskCompletion._outcome` on the agent's counted call keys: every
-    required call among them, none of the calls beyond the requirements state-changing (a call
-    key holds its tool name), every required output in the replies."""
+def _outcome_value(tc: TaskCompletion | None, tools: Toolset, required: Sequence[Hashable],
+                   left: dict[Hashable, int], unwanted_call: bool, outputs: Sequence[str], texts: list[str],
+                   changing_of: dict[str, bool]) -> float:
+    """The binary rule of :meth:`TaskCompletion._outcome`: every ``required`` key among the agent's
+    counted keys (those of required tools), none of the calls beyond the requirements
+    state-changing (``unwanted_call``: one that no requirement could take; a key holds its tool
+    name), every required output in the replies."""
     if unwanted_call:
         return 0.0
-    memo = trajectory.memo()
-    required = memo.get(_REQUIRED_KEY)
-    if required is None:
-        assert trajectory.expected is not None
-        required = memo[_REQUIRED_KEY] = [call_key(c.name, normalize_args(c, tools))
-                                          for c in trajectory.expected.actions]
     for key in required:
         have = left.get(key, 0)
         if have > 0:
@@ -661,6 +686,19 @@ def _outcome_value(tc: TaskCompletion | None, trajectory: Trajectory, tools: Too
             if normalize_text(output) not in replies:
                 return 0.0
     return 1.0
+
+
+def _required(trajectory: Trajectory, tools: Toolset) -> tuple[list[Hashable], frozenset[str]]:
+    """The call keys of the expected outcome's required actions, and their tool names (kept on
+    the trajectory)."""
+    memo = trajectory.memo()
+    hit = memo.get(_REQUIRED_KEY)
+    if hit is None:
+        assert trajectory.expected is not None
+        actions = trajectory.expected.actions
+        hit = memo[_REQUIRED_KEY] = ([call_key(c.name, normalize_args(c, tools)) for c in actions],
+                                     frozenset(c.name for c in actions))
+    return hit
 
 
 _REQUIRED_KEY = "bclone.columns.required"
