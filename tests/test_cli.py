@@ -383,3 +383,113 @@ def test_ls_notes_a_killed_imports_staging_directory(tmp_path, capsys):
     code, out, _ = run(capsys, "dataset", "ls", "--root", str(root))
     assert code == 0 and "support: v1" in out
     assert "note:" in out and ".staging-v2-deadbeef" in out
+
+
+def _reference_normalise(messages):
+    """normalise_messages as it was before it edited parsed calls in place (kept as the reference)."""
+    from pytest_bclone.dataset.schema import canonical_json
+
+    out = []
+    for m in messages:
+        msg = dict(m)
+        if msg.get("role") == "assistant":
+            msg.setdefault("content", None)
+            if msg.get("tool_calls") and type(msg["tool_calls"]) is list:
+                calls = []
+                for tc in msg["tool_calls"]:
+                    if type(tc) is not dict or type(tc.get("function") or {}) is not dict:
+                        calls.append(tc)
+                        continue
+                    fn = dict(tc.get("function") or {})
+                    args = fn.get("arguments")
+                    if isinstance(args, dict):
+                        fn["arguments"] = canonical_json(args)
+                    elif isinstance(args, str):
+                        try:
+                            fn["arguments"] = canonical_json(json.loads(args))
+                        except ValueError:
+                            pass
+                    calls.append({**tc, "type": tc.get("type", "function"), "function": fn})
+                msg["tool_calls"] = calls
+            elif "tool_calls" in msg and not msg["tool_calls"]:
+                del msg["tool_calls"]
+        out.append(msg)
+    return out
+
+
+def _plain_json(value):
+    """How the store encoded a value before it kept one encoder per write (json.dumps, these options)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def test_import_stores_each_line_as_the_canonical_json_of_its_normalised_copy(tmp_path, capsys):
+    import copy
+
+    import pyarrow.parquet as pq
+
+    def tools(minimum):
+        return [{"type": "function", "function": {"name": "get_order", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer", "minimum": minimum}}}}},
+                {"type": "function", "function": {"name": "cancel_order", "description": "Annuler é 😀"}}]
+
+    lines = []
+    for i, minimum in enumerate([0, 0, 0.0, False, -0.0, 1, True, 1.0, 1.0]):
+        line = copy.deepcopy(PARALLEL_LINE)
+        line["tools"] = tools(minimum)
+        msgs = line["messages"]
+        msgs[1]["content"] = f"Cancel W{i} — «vite»"
+        if i % 2:
+            del msgs[2]["tool_calls"][0]["type"]  # the type is filled in
+            msgs[2]["tool_calls"][1]["function"]["arguments"] = '{"order_id": "W2", "a": [1, 1.0, true, -0.0]}'
+        if i % 3 == 0:
+            msgs[5]["tool_calls"][0]["function"]["arguments"] = "{not json"  # kept as recorded
+            msgs[7]["tool_calls"] = []  # an empty list means no call
+        lines.append(line)
+    src = _write_jsonl(tmp_path / "ft.jsonl", lines)
+    root = tmp_path / "ds"
+    code, out, _ = run(capsys, "dataset", "--root", str(root), "import", str(src), "--name", "support", "--version",
+                       "v1", "--format", "openai-jsonl")
+    assert code == 0, out
+    manifest = json.loads((root / "support/v1/manifest.json").read_text())
+    stored = pq.read_table(root / "support/v1" / manifest["files"][0]["path"]).to_pylist()
+    assert len(stored) == len(lines)
+    for line, got in zip(lines, stored, strict=True):
+        # What the import stored, byte for byte: the earlier normalisation of the line as read.
+        assert got["messages"] == _plain_json(_reference_normalise(line["messages"]))
+        assert got["tools"] == _plain_json(line["tools"])
+        assert (got["expert_scores"], got["metadata"], got["expected"]) == ("{}", "{}", None)
+    minima = [json.loads(g["tools"])[0]["function"]["parameters"]["properties"]["n"]["minimum"] for g in stored]
+    assert [repr(m) for m in minima] == ["0", "0", "0.0", "False", "-0.0", "1", "True", "1.0", "1.0"]
+
+
+def test_normalisation_in_place_or_copying_equals_the_earlier_one_and_the_copy_leaves_its_input_alone():
+    import copy
+
+    from hypothesis import example, given, settings
+    from hypothesis import strategies as st
+
+    args = st.sampled_from(['{"b": 1, "a": [1.0, true]}', "{not json", "", "NaN", '"x"', "[1e400]"]) | st.text(
+        max_size=5) | st.dictionaries(st.sampled_from("ba"), st.integers(), max_size=2) | st.none() | st.integers()
+    function = st.none() | st.just({}) | st.just("f") | st.fixed_dictionaries(
+        {}, optional={"name": st.sampled_from(["f", ""]), "arguments": args, "x": st.integers()})
+    call = st.just("call") | st.fixed_dictionaries(
+        {}, optional={"id": st.sampled_from(["c1", ""]), "type": st.sampled_from(["function", None, "other"]),
+                      "function": function})
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["assistant", "user", "tool"])},
+        optional={"content": st.none() | st.text(max_size=3),
+                  "tool_calls": st.none() | st.just("x") | st.lists(call, max_size=3)})
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(message, max_size=4))
+    @example([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"b": 1, "a": 2}}}]}])
+    @example([{"role": "assistant", "content": "x", "tool_calls": [
+        {"id": "c1", "function": {"arguments": '{"b": 1, "a": [1.0, true]}'}}, {"type": None}, "call", {}]}])
+    def check(messages):
+        before = copy.deepcopy(messages)
+        want = json.dumps(_reference_normalise(messages), sort_keys=True)  # exact types and text too
+        assert json.dumps(normalise_messages(messages), sort_keys=True) == want
+        assert messages == before  # the copying form edits nothing it was given
+        assert json.dumps(normalise_messages(messages, copy=False), sort_keys=True) == want
+
+    check()

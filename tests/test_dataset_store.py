@@ -724,3 +724,157 @@ def test_records_built_column_by_column_equal_the_constructed_ones(tmp_path, row
     for t in fast:
         assert t._actions is None and t._memo is None and t._indexes is None  # declared defaults
         assert t.expert_actions() == tuple(p.expert_action for p in t.decision_points())
+
+
+# -- the writer's fast paths store exactly what the plain encoding stores -------------------------------
+def _reference_json(value):
+    """The writer's encoding before it kept one encoder per write: json.dumps with these options."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _stored_columns(root, ref="v1"):
+    import pyarrow.parquet as pq
+
+    path = os.path.join(root, "support", ref)
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    rows = []
+    for f in manifest["files"]:
+        rows += pq.read_table(os.path.join(path, f["path"])).to_pylist()
+    return rows
+
+
+def _toolset(minimum, description="look an order up"):
+    return [{"type": "function", "function": {"name": "get_order", "description": description, "parameters": {
+        "type": "object", "properties": {"order_id": {"type": "string", "minimum": minimum}}}}}]
+
+
+def test_rows_are_stored_as_their_plain_canonical_json_whatever_toolsets_rows_share(tmp_path):
+    # Consecutive rows carry equal toolsets as distinct objects (as an importer passes them) and
+    # toolsets equal in Python but not in JSON: 0 == 0.0 == False == -0.0, 1 == 1.0 == True.
+    minima = [0, 0, 0.0, False, -0.0, -0.0, 0.0, 1, True, 1.0, 1, 10**20, 1e20, 1e20]
+    rows = []
+    for i, minimum in enumerate(minima):
+        row = make_row(i)
+        row["tools"] = _toolset(minimum)
+        row["messages"][1]["content"] = "é \u2028 😀 \"quoted\""
+        row["metadata"] = {"z": [1, 1.0, True, None], "a": {"b": -0.0}} if i % 2 else {}
+        row["expert_scores"] = {"task_completion": [0, 1, 0.5, 1.0][i % 4]}
+        row["expected"] = None if i % 3 else row["expected"]
+        rows.append(row)
+    shared = _toolset(2)
+    for i in range(len(minima), len(minima) + 3):  # one object for several rows, mutated in place
+        row = make_row(i)
+        row["tools"] = shared
+        rows.append(row)
+    store = DatasetStore(str(tmp_path))
+    want = []  # each row's reference encoding when it was written (the shared toolset changes later)
+
+    def stream():
+        for k, row in enumerate(rows):
+            if k == len(rows) - 1:
+                shared[0]["function"]["parameters"]["properties"]["order_id"]["minimum"] = 2.0  # 2 == 2.0
+            want.append({key: None if row[key] is None else _reference_json(row[key])
+                         for key in ("messages", "tools", "expected", "expert_scores", "metadata")})
+            yield row
+
+    store.write_version_stream("support", "v1", stream())
+    stored = _stored_columns(str(tmp_path))
+    assert len(stored) == len(rows)
+    for row, ref, got in zip(rows, want, stored, strict=True):
+        assert {key: got[key] for key in ref} == ref, row["id"]
+        assert (got["id"], got["cohorts"], got["split"], got["steps"]) == (row["id"], row["cohorts"], row["split"],
+                                                                          [2, 5])
+    assert {json.loads(r["tools"])[0]["function"]["parameters"]["properties"]["order_id"]["minimum"].__repr__()
+            for r in stored} >= {"0", "0.0", "False", "-0.0", "1", "True", "1.0", "2", "2.0"}
+    assert store.verify("v1").ok
+
+
+def test_equal_toolsets_of_many_rows_are_encoded_once(tmp_path, monkeypatch):
+    from pytest_bclone.dataset import store as st
+
+    dumps = []
+    real = st._dump
+    monkeypatch.setattr(st, "_dump", lambda v, *a: dumps.append(a[-1]) or real(v, *a))
+    rows = []
+    for i in range(20):
+        row = make_row(i)
+        row["tools"] = json.loads(json.dumps(_toolset(1 if i < 10 else 1.0)))  # each row its own parsed copy
+        rows.append(row)
+    DatasetStore(str(tmp_path)).write_version_stream("support", "v1", rows)
+    assert dumps.count("tools") == 2  # the first row, then the first with 1.0 for 1
+
+
+def test_the_writers_fast_checks_agree_with_its_full_checks_on_generated_rows():
+    from unittest import mock
+
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    from pytest_bclone.dataset import store as s
+
+    template = make_row(0)
+    paths = [p for p in _json_paths(template) if p] + [("scores",), ("expected", "actions", 0, "arguments")]
+    # The fields each check is about, drawn as often as all the nested paths together.
+    checked = [("id",), ("cohorts",), ("cohorts", 0), ("split",), ("messages",), ("messages", 0), ("messages", 2, "role"),
+               ("tools",), ("tools", 0), ("tools", 0, "function"), ("tools", 0, "function", "name"), ("expected",),
+               ("expert_scores",), ("expert_scores", "task_completion"), ("metadata",)]
+    leaves = (st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.text(max_size=6)
+              | st.sampled_from(["assistant", "tool", "eval", "train", "c1", "c1\n", "bad cohort", "get_order"])
+              | st.builds(tuple, st.lists(st.sampled_from(["c1", "assistant"]), max_size=2)))
+    values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+        st.sampled_from(["role", "content", "name", "function", "type", "x"]), kids, max_size=3), max_leaves=5)
+
+    def outcome(fn, row):
+        try:
+            return fn(row, "w", s._RowEncoder())
+        except RowError as exc:
+            return str(exc)
+
+    mutation = (st.tuples(st.sampled_from(paths), values, st.booleans())
+                | st.tuples(st.sampled_from(checked), leaves, st.just(False)))
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(mutation, min_size=1, max_size=3))
+    @example([(("tools", 0, "function", "name"), "", False)])
+    @example([(("cohorts", 0), "bad cohort", False)])
+    @example([(("split",), "test", False)])
+    @example([(("id",), "", False)])
+    @example([(("expert_scores", "task_completion"), True, False)])
+    def check(mutations):
+        row = json.loads(json.dumps(template))
+        for path, value, delete in mutations:
+            target = row
+            try:
+                for key in path[:-1]:
+                    target = target[key]
+                if delete:
+                    del target[path[-1]]
+                else:
+                    target[path[-1]] = value
+            except (KeyError, IndexError, TypeError):
+                continue
+        fast = outcome(s._fast_values, row)
+        if fast is None:
+            return  # the full checks decide
+        with mock.patch.object(s, "_fast_values", lambda *a: None):
+            full = outcome(s._row_values, row)
+        assert fast == full, row
+
+    check()
+
+
+def test_an_unstorable_value_leaves_the_writers_encoder_usable():
+    from pytest_bclone.dataset.store import _RowEncoder
+
+    enc = _RowEncoder()
+    inner = {"a": 1}
+    value = [inner, float("nan")]
+    with pytest.raises(RowError, match=r"field messages: cannot be stored as JSON .*Out of range float"):
+        enc.dump(value, "w", "t1", "messages")
+    value[1] = 2  # the same objects again: a stale circular-reference marker would refuse them
+    assert enc.dump(value, "w", "t1", "messages") == '[{"a":1},2]'
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(RowError, match="Circular reference"):
+        enc.dump(loop, "w", "t1", "metadata")

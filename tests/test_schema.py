@@ -98,3 +98,50 @@ def test_refusals_name_the_field_and_the_fix(change: dict[str, Any], message: st
         validate_row(row, "f.jsonl:7")
     assert str(exc.value).startswith("f.jsonl:7: row 't0001'")
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m.insert(3, m.pop(2)), "messages[2].tool_call_id: 'c1'"),  # the answer before its call
+        (lambda m: m[3].__setitem__("tool_call_id", "c9"), "messages[3].tool_call_id: 'c9'"),  # no such call
+        (lambda m: (m[2]["tool_calls"][0].__setitem__("id", ""), m[3].__setitem__("tool_call_id", "")),
+         "messages[3].tool_call_id: ''"),  # an empty id names no call
+        (lambda m: m[2]["tool_calls"][0].pop("id"), "messages[3].tool_call_id: 'c1'"),  # no id
+    ],
+    ids=["before-call", "unknown-call", "empty-call-id", "no-call-id"],
+)
+def test_a_tool_message_must_answer_an_earlier_call(edit: Any, field: str) -> None:
+    row = make_row(1)
+    edit(row["messages"])
+    assert _schema_accepts(row) and fast_valid(row)  # the schema cannot say it: the row check does
+    with pytest.raises(RowError) as exc:
+        validate_row(row, "f.jsonl:3")
+    assert str(exc.value).startswith(f"f.jsonl:3: row 't0001', field {field} answers no earlier tool call")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_canonical_encoders_give_canonical_json_text(value: Any) -> None:
+    from pytest_bclone.dataset.schema import canonical_encoder, canonical_json
+
+    want = canonical_json(value)
+    assert canonical_encoder()(value) == want
+    assert canonical_encoder(check_circular=False)(value) == want
+    reused = canonical_encoder(allow_nan=False)
+    assert reused(value) == reused(value) == want
+
+
+def test_a_canonical_encoder_without_nan_refuses_it_like_json_dumps() -> None:
+    from pytest_bclone.dataset.schema import canonical_encoder, canonical_json
+
+    assert canonical_encoder()([math.nan]) == canonical_json([math.nan]) == "[NaN]"
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        canonical_encoder(allow_nan=False)({"a": [math.inf]})
+    with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
+        canonical_encoder()({1})

@@ -56,7 +56,7 @@ def _normalise_call(tc: Any, copy: bool) -> Any:
     fn = tc.get("function") or {}
     if type(fn) is not dict:
         return tc  # malformed: kept as given, validation names it
-    if copy or not fn:  # a missing or empty function becomes a new {} either way
+    if copy:
         fn = dict(fn)
     args = fn.get("arguments")
     if type(args) is str:
