@@ -126,7 +126,7 @@ def iter_text_lines(
                     raise
                 on_error(exc)
                 continue
-            if text.strip():
+            if text and not text.isspace():  # not text.strip(): that copies every line
                 yield lineno, text
 
 

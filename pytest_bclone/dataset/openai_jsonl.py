@@ -81,7 +81,7 @@ def _normalise_call(tc: Any, copy: bool) -> Any:
 
 def _eval_split(row_id: str, eval_fraction: float) -> str:
     # Hash of the id, not a random draw: re-importing the same file gives the same split.
-    h = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    h = int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big") / 0xFFFFFFFF  # the first 8 hex digits
     return "eval" if h < eval_fraction else "train"
 
 
