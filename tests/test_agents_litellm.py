@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_params_reach_the_server_and_the_api_key_never_reaches_the_cache(server:
     assert len(files) == 1
     text = files[0].read_text()
     assert "sk-test-secret" not in text and server.base_url not in text
-    assert '"temperature": 0.25' in text
+    assert json.loads(text)["request"]["temperature"] == 0.25
 
 
 def test_litellm_environment_variables_work_without_params(server: OpenAIServer,

@@ -6,12 +6,15 @@ import asyncio
 import json
 import multiprocessing
 import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_bclone import cache as cache_module
 from pytest_bclone.cache import ModelCache, cache_key
 from pytest_bclone.config import BcloneConfig
 from pytest_bclone.errors import CacheMiss, CacheWarning, ConfigError
@@ -27,14 +30,18 @@ REQUEST: dict[str, Any] = {
 
 
 class Counter:
-    """An async call that counts how often it ran and answers with the count."""
+    """An async call that counts how often it ran and answers with the count (after ``delay`` s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.calls = 0
+        self.delay = delay
 
     async def __call__(self) -> Mapping[str, Any]:
         self.calls += 1
-        return {"message": {"role": "assistant", "content": f"answer {self.calls}"}}
+        calls = self.calls
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return {"message": {"role": "assistant", "content": f"answer {calls}"}}
 
 
 def call(cache: ModelCache, counter: Counter, request: Mapping[str, Any] = REQUEST, repeat: int = 0) -> Any:
@@ -180,3 +187,74 @@ def test_a_cache_directory_removed_mid_run_is_recreated(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "cache")
     assert call(cache, Counter(), repeat=0).cached is False  # a miss, recorded again
     assert cache.get(key) is not None
+
+
+def test_keys_of_caches_recorded_before_stay_valid() -> None:
+    # The key is part of the on-disk format: entries recorded by an earlier version must still hit.
+    assert cache_key(REQUEST) == "1be50c9043ea588122b671f2507718ecdf7f7d794e112af737f0accdd7c802d2"
+    assert cache_key(REQUEST, 3) == "4b79a4ab1eca89350687163d44b64c639163839dd4ec0c86239eac93b04035d2"
+    unicode = {"model": "m", "messages": [{"role": "user", "content": "é ✓"}]}
+    assert cache_key(unicode) == "c9f2c53444aaad54d144c1c7ca71715f674fcad20b57997565c4683c0405ddc2"
+
+
+def test_the_entry_holds_the_request_the_key_was_computed_from(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path)
+    result = call(cache, Counter())
+    entry = json.loads(cache.path_for(result.key).read_text())
+    assert cache_key(entry["request"]) == result.key == entry["key"]
+    assert entry["label"] == "trajectory 't1' step 2" and entry["format"] == 1
+
+
+LOCKS = [pytest.param(True, id="ofd-lock", marks=pytest.mark.skipif(not cache_module._OFD_SETLK, reason="no OFD locks")),
+         pytest.param(False, id="per-key-lock-file")]
+
+
+def _locks(cache: ModelCache, ofd: bool) -> ModelCache:
+    cache._ofd = ofd
+    return cache
+
+
+@pytest.mark.parametrize("ofd", LOCKS)
+def test_two_caches_on_one_directory_send_a_request_once(tmp_path: Path, ofd: bool) -> None:
+    # Two ModelCache objects share no in-flight futures: the file lock alone keeps both from calling.
+    caches = [_locks(ModelCache(tmp_path), ofd) for _ in range(2)]
+    counter = Counter(delay=0.05)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(c.cached_call(REQUEST, counter) for c in caches for _ in range(3)))
+
+    results = asyncio.run(main())
+    assert counter.calls == 1
+    assert sorted(r.cached for r in results) == [False] + [True] * 5
+    assert {r.value["message"]["content"] for r in results} == {"answer 1"}
+    assert not list(tmp_path.rglob("*.lock"))  # no lock file per key is left behind
+
+
+HOLDER = """
+import asyncio, sys
+from pytest_bclone.cache import ModelCache
+cache = ModelCache(sys.argv[1])
+cache._ofd = sys.argv[2] == "ofd"
+
+async def call():
+    print("calling", flush=True)
+    await asyncio.sleep(0.5)
+    return {"message": {"role": "assistant", "content": "from the other process"}}
+
+asyncio.run(cache.cached_call(REQUEST_LITERAL, call))
+"""
+
+
+@pytest.mark.parametrize("ofd", LOCKS)
+def test_a_call_in_flight_in_another_process_is_waited_for_not_repeated(tmp_path: Path, ofd: bool) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace("REQUEST_LITERAL", repr(REQUEST)), str(tmp_path),
+                               "ofd" if ofd else "file"], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "calling"
+        counter = Counter()
+        result = call(_locks(ModelCache(tmp_path), ofd), counter)
+    finally:
+        assert holder.wait(30) == 0
+    assert counter.calls == 0 and result.cached
+    assert result.value["message"]["content"] == "from the other process"

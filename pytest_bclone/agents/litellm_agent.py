@@ -7,6 +7,7 @@ after ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (else it fetches its price map from 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ _KEY_VARIABLES = {
 }
 
 
+@functools.cache  # once per process: each call looks litellm up, and an import statement costs ~5 us
 def import_litellm() -> Any:
     """Import litellm quietly and offline; return the module."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
