@@ -56,8 +56,9 @@ Pair = tuple[DecisionPoint, "Action | None"]
 # The compiled expert side of one decision point, a list: [kind, first call name, its canonical
 # arguments, its raw argument dict (kind 2: every call's), all names, all canonical arguments, the
 # action, whether the raw argument values are all plain (_plain), whether every call's arguments
-# parse, every call's call_key, every call's raw argument dict]. kind: 0 = text only, 1 = one call
-# with parseable arguments, 2 = other. Entries 2, 5 and 9 are filled in by _normed on first use.
+# parse, every call's call_key, every call's raw argument dict (None for kind 1: never read)].
+# kind: 0 = text only, 1 = one call with parseable arguments, 2 = other. Entries 2, 5 and 9 are
+# filled in by _normed on first use.
 _Compiled = list[Any]
 _EXPERT_KEY = "bclone.columns.expert"
 
@@ -98,6 +99,11 @@ def _plain_args(args: Any) -> bool:
     return True
 
 
+# ``(name,)`` per tool name, shared by the compiled single calls (fewer objects for the collector
+# to scan after a load)
+_ONE_NAME: dict[str, tuple[str]] = {}
+
+
 def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tuple[int, ...]]:
     """The expert side of every decision point of ``trajectory``, computed once and kept on it."""
     memo = trajectory.memo()
@@ -118,7 +124,15 @@ def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tu
             call = calls[0]
             raw = call.arguments
             if raw is not None:
-                add([1, call.name, None, raw, (call.name,), None, action, _plain_args(raw), True, None, (raw,)])
+                # one shared names tuple per tool; entry 10 is never read for kind 1 (one agent
+                # call takes the scorers' single-call branch, several cannot equal one)
+                name = call.name
+                one = _ONE_NAME.get(name)
+                if one is None:
+                    one = (name,)
+                    if len(_ONE_NAME) < 4096:
+                        _ONE_NAME[name] = one
+                add([1, name, None, raw, one, None, action, _plain_args(raw), True, None, None])
                 continue
         names = tuple(c.name for c in calls)
         raws = tuple(c.arguments for c in calls)
