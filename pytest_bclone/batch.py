@@ -160,6 +160,13 @@ def _field(obj: Any, name: str) -> Any:
 
 
 async def _content(litellm: Any, file_id: str, transport: Mapping[str, Any]) -> list[dict[str, Any]]:
+    import warnings
+
+    # litellm (pinned version) creates a second ``OpenAIFilesAPI.afile_content`` coroutine inside
+    # its call wrapper and drops it unawaited: the download itself completes, but every batch run
+    # printed a RuntimeWarning about litellm's internals. Silence exactly that message.
+    warnings.filterwarnings("ignore", message="coroutine 'OpenAIFilesAPI.afile_content' was never awaited",
+                            category=RuntimeWarning)
     response = await litellm.afile_content(file_id=file_id, **transport)
     raw = getattr(response, "content", None)
     if raw is None and hasattr(response, "read"):

@@ -20,6 +20,11 @@ from pytest_bclone.testing import BatchScript, OpenAIServer, Reply, reply
 
 from .replay_support import FAST, last_user_text, trajectory
 
+# A batch run prints no warning about litellm's internals (its files API used to leave a
+# coroutine unawaited in every download): any such warning fails the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning",
+                                        "error::RuntimeWarning")
+
 TRAJECTORIES = [trajectory(i) for i in range(6)]
 POINTS = [p for t in TRAJECTORIES for p in t.decision_points()]
 
