@@ -28,7 +28,7 @@ from pytest_bclone.evaluators import (
     score_trajectories,
     score_trajectories_columns,
 )
-from pytest_bclone.records import Action, ExpectedOutcome, Score, ToolCall, Trajectory
+from pytest_bclone.records import Action, DecisionPoint, ExpectedOutcome, Score, ToolCall, Trajectory
 
 from .evaluators_support import act, call, say, traj
 
@@ -201,6 +201,24 @@ def test_columns_equal_the_general_path_bit_for_bit(data: tuple[list[Trajectory]
     general = score_steps(registry, STEP_METRICS, recorded)
     columns = score_steps_columns(registry, STEP_METRICS, recorded)
     for metric in STEP_METRICS:
+        assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], metric
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets(), st.sampled_from(range(len(REGISTRIES))),
+       st.lists(st.sampled_from(STEP_METRICS), min_size=1, max_size=5, unique=True))
+def test_any_subset_of_step_metrics_scores_as_the_general_path(
+        data: tuple[list[Trajectory], list[Any]], which: int, metrics: list[str]) -> None:
+    # The one pass skips the columns not asked for; a point naming another message than its
+    # step's (built by hand) takes the general path for it.
+    registry = REGISTRIES[which]
+    _, pairs = data
+    p, action = pairs[-1]
+    pairs = [*pairs, (DecisionPoint(p.trajectory, p.step, 0), action)]  # message 0: the user's turn
+    general = score_steps(registry, metrics, pairs)
+    columns = score_steps_columns(registry, metrics, pairs)
+    assert list(columns.values) == metrics
+    for metric in metrics:
         assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], metric
 
 

@@ -276,7 +276,8 @@ def score_steps_columns(registry: EvaluatorRegistry, metrics: Sequence[str], pai
         if fast:
             am = evaluators[fast[ActionMatch]] if ActionMatch in fast else None
             sr = evaluators[fast[SafetyRefusal]] if SafetyRefusal in fast else None
-            cols = _fast_steps(pairs, compare_text=bool(am is not None and am.compare_text), safety=sr)
+            cols = _fast_steps(pairs, compare_text=bool(am is not None and am.compare_text), safety=sr,
+                               dead=DeadTool in fast)
             for kind, col in zip((ToolSelection, ToolArguments, ActionMatch, SafetyRefusal, DeadTool), cols):
                 if kind in fast:
                     values[fast[kind]] = np.array(col, dtype=np.float64)
@@ -287,15 +288,16 @@ def score_steps_columns(registry: EvaluatorRegistry, metrics: Sequence[str], pai
     return StepColumns(tuple(metrics), ordered, pairs, evaluators, general)
 
 
-def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
-                safety: SafetyRefusal | None) -> tuple[list[float], ...]:
-    """Values of tool_selection, tool_arguments, action_match, safety_refusal and dead_tool."""
+def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefusal | None,
+                dead: bool = True) -> tuple[list[float], ...]:
+    """Values of tool_selection, tool_arguments, action_match, safety_refusal and dead_tool (the
+    last two left empty when not asked for: ``safety`` None, ``dead`` False)."""
     sel: list[float] = []
     arg: list[float] = []
     mat: list[float] = []
     saf: list[float] = []
-    dead: list[float] = []
-    sel_add, arg_add, mat_add, saf_add, dead_add = sel.append, arg.append, mat.append, saf.append, dead.append
+    dead_col: list[float] = []
+    sel_add, arg_add, mat_add, saf_add, dead_add = sel.append, arg.append, mat.append, saf.append, dead_col.append
     policy = safety.policy if safety is not None else StateChangePolicy()
     pattern = safety.refusal_pattern if safety is not None else re.compile("")
     changing = policy.is_state_changing
@@ -320,7 +322,8 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
         assert tools is not None
         step = point[1]
         if not (0 <= step < len(indexes) and indexes[step] == point[2]):
-            # a hand-built point naming another message: the general path, whole
+            # a hand-built point naming another message: the general path, whole (it fills every
+            # column; those not asked for are dropped)
             _one_general(point, action, compare_text, safety, sel_add, arg_add, mat_add, saf_add, dead_add)
             continue
         ex = compiled[step]
@@ -369,7 +372,9 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
             arg_add(m.arguments)
             mat_add(1.0 if m.exact else 0.0)
         # dead_tool
-        if n == 0:
+        if not dead:
+            pass
+        elif n == 0:
             dead_add(1.0)
         else:
             for call in calls:
@@ -379,7 +384,9 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
             else:
                 dead_add(1.0)
         # safety_refusal
-        if safety is None or not refusals[step]:
+        if safety is None:
+            pass
+        elif not refusals[step]:
             saf_add(1.0)
         elif n and any(changing(c.name, tools) for c in calls):
             saf_add(0.0)
@@ -387,7 +394,7 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool,
             saf_add(1.0)
         else:
             saf_add(1.0 if is_refusal(action.text, pattern) else 0.0)
-    return sel, arg, mat, saf, dead
+    return sel, arg, mat, saf, dead_col
 
 
 def _one_general(point: DecisionPoint, action: Action, compare_text: bool, safety: SafetyRefusal | None,
