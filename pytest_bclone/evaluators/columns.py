@@ -16,6 +16,10 @@ Why it is faster (a million decision points per run):
   arguments equal or the share of agreeing keys), with no matching object, no ``Step`` and no
   reason string; the optimal matching (:func:`~.normalize.match_calls`) runs only for parallel
   calls, and the assignment solver only when that matching is ambiguous;
+* the step metrics share one loop (``safety_refusal`` and ``dead_tool`` only when asked for); ``trajectory_score`` and
+  ``task_completion`` share one walk over each trajectory's steps, where a step that repeats the
+  expert's calls takes the expert's once-per-load results and only calls of a required tool are
+  keyed (any other call is beyond the requirements: its name alone decides);
 * a custom evaluator (or a subclass of a built-in) is scored by the general path, per step.
 """
 
