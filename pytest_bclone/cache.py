@@ -33,6 +33,7 @@ only: importing this module imports neither litellm nor pyarrow.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import itertools
@@ -70,6 +71,76 @@ _OFD_SETLK: int | None = (
 )
 LOCK_FILE = ".single-flight"
 """The cache's lock file (never removed: one empty file per cache directory)."""
+
+_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bclone-cache-write")
+"""The threads that write entries (threads start on the first write). Their own pool, not the event
+loop's default executor: litellm's work there never queues behind a write, and enough writers are
+in flight at once for one sync to serve many. The interpreter finishes their queued writes before
+it exits, also after Ctrl-C."""
+
+
+class _GroupSync:
+    """Durability for several writers with one ``syncfs`` (Linux): a writer whose file is written
+    waits for a sync of its filesystem that starts after that, running one itself when none is
+    running. An fsync per entry costs ~150 us of CPU and ~4 ms; one syncfs serves the writes of
+    every thread that arrived while the previous one ran (~20 us of CPU per entry at 64 in flight).
+    Where ``syncfs`` is missing or fails, each writer fsyncs its own file."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next: dict[int, int] = {}  # device -> number of the next sync to start
+        self._done: dict[int, int] = {}  # device -> number of the last sync finished
+        self._running: set[int] = set()
+        self._syncfs: Callable[[int], int] | None = None
+        self._looked_up = False
+
+    def _lookup(self) -> None:
+        with self._cond:
+            if self._looked_up:
+                return
+            self._looked_up = True
+            if sys.platform == "linux":
+                import ctypes  # here, not at import: loading the plugin does not pay for it
+
+                try:
+                    self._syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # releases the GIL while it runs
+                except (OSError, AttributeError):
+                    pass
+
+    def sync(self, fd: int) -> None:
+        """Return once the bytes written to ``fd`` are on disk."""
+        if not self._looked_up:
+            self._lookup()
+        syncfs = self._syncfs
+        if syncfs is None:
+            os.fsync(fd)
+            return
+        device = os.fstat(fd).st_dev
+        with self._cond:
+            mine = self._next.get(device, 1)  # syncs numbered from `mine` on start after this write
+            while self._done.get(device, 0) < mine and device in self._running:
+                self._cond.wait()
+            if self._done.get(device, 0) >= mine:
+                return
+            self._running.add(device)
+            number = self._next.get(device, 1)
+            self._next[device] = number + 1
+        ok = False
+        try:
+            ok = syncfs(fd) == 0
+        finally:
+            with self._cond:
+                self._running.discard(device)
+                if ok:
+                    self._done[device] = number
+                else:
+                    self._syncfs = None  # this filesystem refuses it: fsync from now on
+                self._cond.notify_all()
+        if not ok:
+            os.fsync(fd)
+
+
+_SYNC = _GroupSync()
 
 _POLL_FIRST, _POLL_MAX = 0.002, 0.05
 """Seconds between attempts to take a key's file lock held by another process (doubling)."""
@@ -266,7 +337,7 @@ class ModelCache:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)  # the bytes are on disk before the name points at them
+                _SYNC.sync(fd)  # the bytes are on disk before the name points at them
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -420,19 +491,19 @@ class ModelCache:
                 delay = min(_POLL_MAX, delay * 2)
 
     async def _record(self, key: str, value: Mapping[str, Any], request_json: str, label: str) -> None:
-        """Write the entry on a worker thread, in a way that Ctrl-C cannot lose.
+        """Write the entry on a writer thread (:data:`_WRITERS`), in a way that Ctrl-C cannot lose.
 
-        Why a thread: creating and fsync-ing a file costs 0.4-1 ms of mostly kernel time, which would
-        otherwise stall every call in flight (litellm keeps the event loop thread busy). Why it
-        loses nothing: the write is submitted before the first ``await`` and shielded, so cancelling
-        this task (Ctrl-C) cannot withdraw it; ``asyncio.run`` waits for the executor's queued work
-        before it returns or re-raises KeyboardInterrupt. So an answer is on disk by the time the
-        process ends, whether the run completes or is interrupted.
+        Why a thread: creating and syncing a file costs 0.1-1 ms of mostly kernel time and
+        milliseconds of waiting, which would otherwise stall every call in flight (litellm keeps the
+        event loop thread busy). Why it loses nothing: the write is submitted before the first
+        ``await`` and shielded, so cancelling this task (Ctrl-C) cannot withdraw it, and the
+        interpreter finishes the writers' queued work before it exits. So an answer is on disk by
+        the time the call returns, or else by the time the process ends.
         """
         # Encode here: the worker thread then only makes system calls, which release the GIL, so it
         # does not compete with the event loop for it.
         data = self._encode(key, value, request_json, label)
-        write = asyncio.get_running_loop().run_in_executor(None, self._write, key, data)
+        write = asyncio.wrap_future(_WRITERS.submit(self._write, key, data))
         await asyncio.shield(write)
         self.stats.writes += 1  # counted on the loop thread: counters are not thread-safe
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -258,3 +261,49 @@ def test_a_call_in_flight_in_another_process_is_waited_for_not_repeated(tmp_path
         assert holder.wait(30) == 0
     assert counter.calls == 0 and result.cached
     assert result.value["message"]["content"] == "from the other process"
+
+
+def test_one_filesystem_sync_serves_many_writers_each_after_its_write(tmp_path: Path) -> None:
+    group = cache_module._GroupSync()
+    written: set[int] = set()
+    covered: list[set[int]] = []  # what each sync found written when it started
+    returned: dict[int, int] = {}  # writer -> how many syncs had started when its sync() returned
+    lock = threading.Lock()
+
+    def syncfs(fd: int) -> int:
+        with lock:
+            covered.append(set(written))
+        time.sleep(0.02)
+        return 0
+
+    group._looked_up, group._syncfs = True, syncfs
+
+    def writer(i: int) -> None:
+        time.sleep(0.001 * (i % 7))
+        with lock:
+            written.add(i)
+        with (tmp_path / f"{i}").open("wb") as file:
+            group.sync(file.fileno())
+        with lock:
+            returned[i] = len(covered)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Every writer returned after a sync that had started once its bytes were written...
+    for i, started in returned.items():
+        assert any(i in snapshot for snapshot in covered[:started]), i
+    # ...and the writers shared syncs rather than running one each.
+    assert len(covered) < len(threads) / 2
+
+
+def test_without_syncfs_each_writer_fsyncs_its_own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    group = cache_module._GroupSync()
+    group._looked_up, group._syncfs = True, None
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    with (tmp_path / "f").open("wb") as file:
+        group.sync(file.fileno())
+        assert synced == [file.fileno()]
