@@ -15,7 +15,9 @@ metrics; true gaps = margin, margin + 3, margin + 5 and 0 (paired).
 
 Requirements (issue 10): pass at gap = margin <= 5%; fail + inconclusive at margin + 3 = 100%;
 pass at gap 0 paired >= 95% (where the fixed-n gate reaches it); mean share of trajectories
-replayed at gap 0 paired and at >= margin + 5 <= 50%.
+replayed at gap 0 paired and at >= margin + 5 <= 50% (over the settings; the exit code is 1 when
+any of these breaks). Per setting, ``floor %`` is the least share any valid test must replay to
+pass an equal clone (a small cohort at a 1-point margin cannot get under half, sequential or not).
 
     python bench/sequential_grid.py [--gates 1000] [--out bench/out/sequential_grid.md]
 """
@@ -129,7 +131,16 @@ def run_setting(s: Setting, gates: int, seed: int) -> Row:
     return Row(s, seq, fixed, share_sum / gates, gates)
 
 
+def floor_share(s: Setting) -> float:
+    """The least share of the cohort any valid level-2.5% test must see to pass an equal clone
+    whose trajectories all tie: log(0.025) / log(1 - margin) trajectories (``sequential``'s
+    docstring), here as a share of the cohort (1 when the cohort is smaller)."""
+    return min(1.0, math.ceil(math.log(0.025) / math.log(1.0 - s.margin / 100.0)) / s.trajectories)
+
+
 def check(r: Row) -> str:
+    """A broken requirement of the issue, per setting (the replay shares are means over settings:
+    ``summary``); ``note`` marks a setting replaying more than half, which is not a failure."""
     s = r.setting
     if s.gap == "margin" and r.rate("seq", 2) > 0.05:
         return "pass > 5% at the margin"
@@ -137,7 +148,11 @@ def check(r: Row) -> str:
         return "a pass at margin+3"
     if s.gap == "0 paired" and r.rate("fixed", 2) >= 0.95 and r.rate("seq", 2) < 0.95:
         return "pass < 95% where the fixed-n gate has it"
-    if s.gap in ("0 paired", "margin+5") and r.share > 0.5:
+    return ""
+
+
+def note(r: Row) -> str:
+    if r.setting.gap in ("0 paired", "margin+5") and r.share > 0.5:
         return "replays > 50%"
     return ""
 
@@ -148,13 +163,14 @@ def _pct(x: float) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = [("| gap | metric | expert | margin | trajectories | seq pass % | seq fail % | seq inc % | "
-             "replayed % | fixed pass % | fixed fail % | fixed inc % | check |"), "|" + "---|" * 13]
+             "replayed % | floor % | fixed pass % | fixed fail % | fixed inc % | check |"), "|" + "---|" * 14]
     for r in rows:
         s = r.setting
         lines.append(
             f"| {s.gap} | {s.metric} | {s.expert:g} | {s.margin:g} | {s.trajectories} | {_pct(r.rate('seq', 2))} | "
-            f"{_pct(r.rate('seq', 0))} | {_pct(r.rate('seq', 1))} | {_pct(r.share)} | {_pct(r.rate('fixed', 2))} | "
-            f"{_pct(r.rate('fixed', 0))} | {_pct(r.rate('fixed', 1))} | {check(r) or 'ok'} |"
+            f"{_pct(r.rate('seq', 0))} | {_pct(r.rate('seq', 1))} | {_pct(r.share)} | "
+            f"{_pct(floor_share(s)) if s.gap == '0 paired' else '-'} | {_pct(r.rate('fixed', 2))} | "
+            f"{_pct(r.rate('fixed', 0))} | {_pct(r.rate('fixed', 1))} | {check(r) or note(r) or 'ok'} |"
         )
     return "\n".join(lines)
 
@@ -180,8 +196,10 @@ def summary(rows: list[Row]) -> str:
         f"{_pct(float(np.mean([r.share for r in paired])))}% | 100% |"),
         (f"| mean share replayed at margin + 5, over {len(of('margin+5'))} settings | "
         f"{_pct(float(np.mean([r.share for r in of('margin+5')])))}% | 100% |"),
-        (f"| settings replaying > 50% at gap 0 paired or margin + 5 | "
+        (f"| settings replaying > 50% at gap 0 paired or margin + 5 (not a requirement: see floor %) | "
         f"{sum(r.share > 0.5 for r in saving_rows)} of {len(saving_rows)} | - |"),
+        (f"| gap 0 paired settings where no valid test could replay <= 50% (floor > 50%) | "
+        f"{sum(floor_share(r.setting) > 0.5 for r in paired)} of {len(paired)} | - |"),
         f"| settings breaking a requirement | {sum(bool(check(r)) for r in rows)} of {len(rows)} | - |",
     ])
 
@@ -210,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    return 1 if any(check(r) for r in rows) else 0
+    paired = [r.share for r in rows if r.setting.gap == "0 paired"]
+    far = [r.share for r in rows if r.setting.gap == "margin+5"]
+    shares_ok = float(np.mean(paired)) <= 0.5 and float(np.mean(far)) <= 0.5
+    return 1 if any(check(r) for r in rows) or not shares_ok else 0
 
 
 if __name__ == "__main__":

@@ -339,7 +339,7 @@ def sequential_lines(summary: Mapping[str, Any]) -> list[str]:
     out = ["sequential replay (stops a cohort once an anytime-valid confidence sequence settles it):"]
     for run in seq.get("cohorts") or []:
         stopped = {"pass": "settled: pass", "fail": "settled: fail", "full": "full replay",
-                   "too small": "stopped: too small for the margin"}.get(
+                   "too small": "stopped at half"}.get(
             text(run.get("stopped")), text(run.get("stopped")))
         out.append(f"  {text(run.get('cohort'))}/{text(run.get('metric'))}: {fmt_count(run.get('replayed') or 0)} of "
                    f"{fmt_count(run.get('total') or 0)} trajectories in {fmt_count(run.get('rounds') or 0)} "
