@@ -72,11 +72,19 @@ _OFD_SETLK: int | None = (
 LOCK_FILE = ".single-flight"
 """The cache's lock file (never removed: one empty file per cache directory)."""
 
-_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bclone-cache-write")
-"""The threads that write entries (threads start on the first write). Their own pool, not the event
-loop's default executor: litellm's work there never queues behind a write, and enough writers are
-in flight at once for one sync to serve many. The interpreter finishes their queued writes before
-it exits, also after Ctrl-C."""
+_WRITERS: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _writers() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that write entries: their own pool, not the event loop's default executor, so
+    litellm's work there never queues behind a write and enough writers are in flight at once for
+    one sync to serve many. The interpreter finishes their queued writes before it exits, also
+    after Ctrl-C. One pool per process: a forked child must not inherit its parent's idle count."""
+    global _WRITERS
+    pid = os.getpid()
+    if _WRITERS is None or _WRITERS[0] != pid:
+        _WRITERS = (pid, concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bclone-cache-write"))
+    return _WRITERS[1]
 
 
 class _GroupSync:
@@ -491,7 +499,7 @@ class ModelCache:
                 delay = min(_POLL_MAX, delay * 2)
 
     async def _record(self, key: str, value: Mapping[str, Any], request_json: str, label: str) -> None:
-        """Write the entry on a writer thread (:data:`_WRITERS`), in a way that Ctrl-C cannot lose.
+        """Write the entry on a writer thread (:func:`_writers`), in a way that Ctrl-C cannot lose.
 
         Why a thread: creating and syncing a file costs 0.1-1 ms of mostly kernel time and
         milliseconds of waiting, which would otherwise stall every call in flight (litellm keeps the
@@ -503,7 +511,7 @@ class ModelCache:
         # Encode here: the worker thread then only makes system calls, which release the GIL, so it
         # does not compete with the event loop for it.
         data = self._encode(key, value, request_json, label)
-        write = asyncio.wrap_future(_WRITERS.submit(self._write, key, data))
+        write = asyncio.wrap_future(_writers().submit(self._write, key, data))
         await asyncio.shield(write)
         self.stats.writes += 1  # counted on the loop thread: counters are not thread-safe
 

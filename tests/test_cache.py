@@ -307,3 +307,16 @@ def test_without_syncfs_each_writer_fsyncs_its_own_file(tmp_path: Path, monkeypa
     with (tmp_path / "f").open("wb") as file:
         group.sync(file.fileno())
         assert synced == [file.fileno()]
+
+
+def _record_in_child(directory: str) -> bool:
+    counter = Counter()
+    return bool(call(ModelCache(directory), counter, repeat=1).cached is False and counter.calls == 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_forked_child_records_after_its_parent_did(tmp_path: Path) -> None:
+    call(ModelCache(tmp_path), Counter())  # the parent's writer threads exist and are idle
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_record_in_child, (str(tmp_path),)).get(timeout=20)
+    assert len(list(tmp_path.rglob("*.json"))) == 2
