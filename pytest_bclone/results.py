@@ -230,50 +230,590 @@ def _json_float(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
+
+class LazyReasons(Sequence[str]):
+    """The clone's reasons of one step item, aligned with its metrics, read from the scoring
+    columns (``cols.score(metric, i).reason``) when asked: a report shows a few, and building every
+    one cost most of the scoring time."""
+
+    __slots__ = ("_cols", "_i")
+
+    def __init__(self, cols: Any, i: int) -> None:
+        self._cols = cols
+        self._i = i
+
+    def __len__(self) -> int:
+        return len(self._cols.metrics)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return tuple(self)[k]
+        return self._cols.score(self._cols.metrics[k], self._i).reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+class StepBlock:
+    """Step-mode decision points (mode ``step``, level ``step``), column by column.
+
+    What one replay scored, or every replay's points merged in key order (:meth:`ResultsStore.step_table`).
+    Rows of one trajectory are contiguous (``starts[t]:starts[t + 1]`` for trajectory ``tids[t]``);
+    per row: the step, each role's scores aligned with ``metrics`` (``scored[role]`` False where the
+    role was not scored: a failed call), the repeat-0 actions, the per-repeat call figures, and
+    the shift flags. Errors and dead tools are sparse (row -> value). An :class:`Item` is built from
+    a row only when a reader asks for one (:meth:`item`): a million decision points stay a few
+    arrays and lists of shared references, not a million records.
+    """
+
+    __slots__ = ("actions", "calls", "cohorts", "dead", "distance", "errors", "metrics", "ood", "reason_at",
+                 "reasons", "scored", "scores", "starts", "step", "tids", "traj", "trajectories")
+
+    def __init__(
+        self,
+        tids: list[str],
+        cohorts: list[tuple[str, ...]],
+        starts: Any,
+        step: Any,
+        metrics: tuple[str, ...],
+        scores: dict[str, Any],
+        scored: dict[str, Any],
+        errors: dict[str, dict[int, str]],
+        actions: dict[str, list[Action | None]],
+        calls: dict[str, list[tuple[CallStats, ...]]],
+        dead: dict[int, tuple[str, ...]],
+        ood: Any | None = None,
+        distance: Any | None = None,
+        reasons: Any | None = None,
+        reason_at: Any | None = None,
+        trajectories: Sequence[Any] | None = None,
+    ) -> None:
+        import numpy as np
+
+        self.tids = tids
+        self.cohorts = cohorts
+        self.starts = np.asarray(starts, dtype=np.int64)  # len(tids) + 1
+        self.step = np.asarray(step, dtype=np.int32)
+        self.traj = np.repeat(np.arange(len(tids), dtype=np.int32), np.diff(self.starts))
+        self.metrics = metrics
+        self.scores = scores  # role -> float64 (rows, len(metrics))
+        self.scored = scored  # role -> bool (rows,)
+        self.errors = errors
+        self.actions = actions
+        self.calls = calls
+        self.dead = dead
+        self.ood = ood  # int8 (rows,): 1 out of distribution, 0 in, -1 unknown; None: no shift check
+        self.distance = distance  # float64 (rows,), unrounded
+        self.reasons = reasons  # the clone's repeat-0 scoring columns (reasons built from them on demand)
+        self.reason_at = reason_at  # int32 (rows,): row -> index in ``reasons``, -1 none
+        self.trajectories = trajectories  # the Trajectory of each tid when known (recorded actions on the wire)
+
+    def __len__(self) -> int:
+        return int(self.step.shape[0])
+
+    def key(self, row: int) -> str:
+        return f"{self.tids[int(self.traj[row])]}#{int(self.step[row])}"
+
+    def item(self, row: int) -> Item:
+        """The :class:`Item` of ``row`` (built now; equal to the one the runner used to store)."""
+        t = int(self.traj[row])
+        tid = self.tids[t]
+        step = int(self.step[row])
+        cs = tuple(self.scores["clone"][row].tolist()) if self.scored["clone"][row] else None
+        es = tuple(self.scores["expert"][row].tolist()) if self.scored["expert"][row] else None
+        reasons: Sequence[str] = ()
+        if cs is not None and self.metrics and self.reasons is not None and self.reason_at is not None:
+            j = int(self.reason_at[row])
+            if j >= 0:
+                reasons = LazyReasons(self.reasons, j)
+        ood = distance = None
+        if self.ood is not None and self.distance is not None and self.ood[row] >= 0:
+            ood = bool(self.ood[row])
+            distance = round(float(self.distance[row]), 6)
+        return Item(
+            ItemKey("step", "step", f"{tid}#{step}"), tid, step, self.cohorts[t], self.metrics, cs, es,
+            reasons, self.errors["clone"].get(row), self.errors["expert"].get(row),  # type: ignore[arg-type]
+            self.actions["clone"][row], self.actions["expert"][row], self.calls["clone"][row],
+            self.calls["expert"][row], self.dead.get(row, ()), ood, distance,
+        )
+
+    def items(self, rows: Iterable[int] | None = None) -> list[Item]:
+        return [self.item(r) for r in (range(len(self)) if rows is None else rows)]
+
+    def trajectory_rows(self, t: int) -> range:
+        return range(int(self.starts[t]), int(self.starts[t + 1]))
+
+    # -- column reads --------------------------------------------------------------------------------
+    def cohort_mask(self, cohort: str, only: set[str] | None = None) -> Any:
+        """Rows of trajectories in ``cohort`` (and, with ``only``, among those trajectory ids)."""
+        import numpy as np
+
+        per = np.fromiter((cohort in c and (only is None or tid in only) for tid, c in zip(self.tids, self.cohorts)),
+                          dtype=bool, count=len(self.tids))
+        return per[self.traj]
+
+    def pair_columns(self, metric: str) -> tuple[Any, Any, Any]:
+        """``(expert, clone, both)`` on ``metric``: both roles' values per row, and where both are
+        scored (what :meth:`Item.pair` returns a pair for)."""
+        import numpy as np
+
+        if metric not in self.metrics:
+            empty = np.zeros(len(self), dtype=np.float64)
+            return empty, empty, np.zeros(len(self), dtype=bool)
+        k = self.metrics.index(metric)
+        e = self.scores["expert"][:, k]
+        c = self.scores["clone"][:, k]
+        both = self.scored["expert"] & self.scored["clone"] & ~np.isnan(e) & ~np.isnan(c)
+        return e, c, both
+
+    def clone_scored(self, metric: str) -> Any:
+        """Rows where the clone has a score on ``metric`` (what :meth:`Item.score` returns a value for)."""
+        import numpy as np
+
+        if metric not in self.metrics:
+            return np.zeros(len(self), dtype=bool)
+        return self.scored["clone"] & ~np.isnan(self.scores["clone"][:, self.metrics.index(metric)])
+
+    def diverges(self) -> Any:
+        """:attr:`Item.diverges` of every row."""
+        import numpy as np
+
+        if "action_match" not in self.metrics:
+            return np.zeros(len(self), dtype=bool)
+        v = self.scores["clone"][:, self.metrics.index("action_match")]
+        return self.scored["clone"] & (v < 1.0)  # nan < 1 is False, as for a missing score
+
+    # -- building ------------------------------------------------------------------------------------
+    def take(self, rows: Any, tids: list[str], cohorts: list[tuple[str, ...]], starts: Any,
+             trajectories: Sequence[Any] | None) -> StepBlock:
+        """A block of ``rows`` (in that order), whose trajectories are ``tids`` (contiguous runs, ``starts``)."""
+        import numpy as np
+
+        rows = np.asarray(rows, dtype=np.int64)
+        order = rows.tolist()
+        inverse = np.full(len(self), -1, dtype=np.int64)
+        inverse[rows] = np.arange(len(rows))
+
+        def sparse(d: Mapping[int, Any]) -> dict[int, Any]:
+            out = {int(inverse[r]): v for r, v in d.items() if inverse[r] >= 0}
+            return dict(sorted(out.items()))
+
+        return StepBlock(
+            tids, cohorts, starts, self.step[rows], self.metrics,
+            {r: a[rows] for r, a in self.scores.items()}, {r: a[rows] for r, a in self.scored.items()},
+            {r: sparse(d) for r, d in self.errors.items()},
+            {r: [a[i] for i in order] for r, a in self.actions.items()},
+            {r: [c[i] for i in order] for r, c in self.calls.items()},
+            sparse(self.dead),
+            None if self.ood is None else self.ood[rows], None if self.distance is None else self.distance[rows],
+            self.reasons, None if self.reason_at is None else self.reason_at[rows], trajectories,
+        )
+
+    @staticmethod
+    def concat(blocks: Sequence[StepBlock]) -> StepBlock:
+        """One block of ``blocks``' rows, in order (their trajectories disjoint, metrics equal)."""
+        import numpy as np
+
+        if len(blocks) == 1:
+            return blocks[0]
+        first = blocks[0]
+        offsets = np.cumsum([0] + [len(b) for b in blocks])
+        starts = np.concatenate([[0]] + [b.starts[1:] + off for b, off in zip(blocks, offsets)])
+
+        def sparse(get: Any) -> dict[int, Any]:
+            return {int(off) + r: v for b, off in zip(blocks, offsets) for r, v in get(b).items()}
+
+        def arrays(get: Any) -> Any:
+            parts = [get(b) for b in blocks]
+            return None if any(p is None for p in parts) else np.concatenate(parts)
+
+        # Reasons stay with their own scoring columns: a merged block reads them from its parts.
+        reasons = reason_at = None
+        if all(b.reasons is not None and b.reason_at is not None for b in blocks):
+            flat: list[Any] = []  # every part's own scoring columns, a merged block's parts lifted
+            ats = []
+            for b in blocks:
+                at = b.reason_at
+                assert at is not None
+                ats.append(np.where(at >= 0, at.astype(np.int64) + (len(flat) << 40), -1))
+                flat.extend(b.reasons.parts if isinstance(b.reasons, _ReasonParts) else [b.reasons])
+            reasons, reason_at = _ReasonParts(flat), np.concatenate(ats)
+        trajs = [b.trajectories for b in blocks]
+        return StepBlock(
+            [t for b in blocks for t in b.tids], [c for b in blocks for c in b.cohorts], starts,
+            np.concatenate([b.step for b in blocks]), first.metrics,
+            {r: np.concatenate([b.scores[r] for b in blocks]) for r in ROLES},
+            {r: np.concatenate([b.scored[r] for b in blocks]) for r in ROLES},
+            {r: sparse(lambda b, r=r: b.errors[r]) for r in ROLES},
+            {r: [a for b in blocks for a in b.actions[r]] for r in ROLES},
+            {r: [c for b in blocks for c in b.calls[r]] for r in ROLES},
+            sparse(lambda b: b.dead), arrays(lambda b: b.ood), arrays(lambda b: b.distance), reasons, reason_at,
+            None if any(t is None for t in trajs) else [x for t in trajs for x in t],  # type: ignore[union-attr]
+        )
+
+    def key_order(self) -> Any | None:
+        """The rows in key order (``<trajectory id>#<step>`` compared as strings, the order of
+        :meth:`ResultsStore.items`), or None when they already are."""
+        import numpy as np
+
+        if self.ids_interleave():
+            raise ValueError("a '#' in a trajectory id: key order interleaves trajectories")
+        # Without '#' in ids, key order is trajectory id order (compared as id + '#'), then the
+        # step compared as a string (10 before 2).
+        t_order = sorted(range(len(self.tids)), key=lambda t: self.tids[t] + "#")
+        t_rank = np.empty(len(self.tids), dtype=np.int64)
+        t_rank[t_order] = np.arange(len(self.tids))
+        top = int(self.step.max()) + 1 if len(self) else 0
+        s_rank = np.empty(top, dtype=np.int64)
+        s_rank[sorted(range(top), key=str)] = np.arange(top)
+        rows = np.lexsort((s_rank[self.step], t_rank[self.traj]))
+        return None if np.array_equal(rows, np.arange(len(self))) else rows
+
+    def ids_interleave(self) -> bool:
+        """Whether a trajectory id holds a '#': ``a#1#0`` then sorts between ``a#0`` and ``a#2``,
+        so no block in key order keeps each trajectory's rows together."""
+        return any("#" in t for t in self.tids)
+
+    def reordered(self, rows: Any) -> StepBlock:
+        """This block's rows in the order ``rows`` (a permutation that keeps each trajectory's rows together)."""
+        import numpy as np
+
+        traj = self.traj[rows]
+        first = np.unique(traj, return_index=True)[1]
+        seq = traj[np.sort(first)].tolist()  # trajectories in their order of appearance in ``rows``
+        starts = np.concatenate([[0], np.cumsum(np.diff(self.starts)[seq])])
+        trajs = None if self.trajectories is None else [self.trajectories[t] for t in seq]
+        return self.take(rows, [self.tids[t] for t in seq], [self.cohorts[t] for t in seq], starts, trajs)
+
+    # -- the xdist channel ----------------------------------------------------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        """A compact JSON-free form for the xdist channel: arrays as bytes, each distinct action and
+        call-figure tuple once, a recorded expert action by reference (the controller reads its own copy)."""
+        wire: dict[str, Any] = {
+            "block": 1, "tids": self.tids, "starts": self.starts.tobytes(), "step": self.step.tobytes(),
+            "metrics": list(self.metrics), "cohorts": [list(c) for c in self.cohorts],
+            "scores": {r: self.scores[r].tobytes() for r in ROLES}, "scored": {r: self.scored[r].tobytes() for r in ROLES},
+            "errors": {r: [[i, e] for i, e in self.errors[r].items()] for r in ROLES},
+            "dead": [[i, list(d)] for i, d in self.dead.items()],
+            "ood": None if self.ood is None else self.ood.tobytes(),
+            "distance": None if self.distance is None else self.distance.tobytes(),
+            "actions": {r: self._wire_actions(r) for r in ROLES},
+            "calls": {r: _wire_table(self.calls[r], lambda calls: [c.to_dict() for c in calls]) for r in ROLES},
+        }
+        return wire
+
+    def _wire_actions(self, role: str) -> dict[str, Any]:
+        import numpy as np
+
+        actions = self.actions[role]
+        codes = np.empty(len(actions), dtype=np.int32)
+        table: list[Any] = []
+        seen: dict[Any, int] = {}
+        recorded = self.trajectories
+        for t in range(len(self.tids)):
+            own = recorded[t].expert_actions() if recorded is not None else ()
+            for row in self.trajectory_rows(t):
+                a = actions[row]
+                if a is None:
+                    codes[row] = -1
+                    continue
+                step = int(self.step[row])
+                if step < len(own) and own[step] is a:
+                    codes[row] = -2  # the recording's own action: the controller has it
+                    continue
+                try:
+                    k: Any = ("v", a)
+                    code = seen.get(k)
+                except TypeError:  # an action with dict arguments: by identity
+                    k = ("i", id(a))
+                    code = seen.get(k)
+                if code is None:
+                    code = seen[k] = len(table)
+                    table.append(a.to_dict())
+                codes[row] = code
+        return {"codes": codes.tobytes(), "table": table}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any], trajectories: Mapping[str, Any]) -> StepBlock:
+        """The block :meth:`to_wire` shipped; ``trajectories`` (id -> Trajectory) give the recorded actions."""
+        import numpy as np
+
+        tids = list(d["tids"])
+        starts = np.frombuffer(d["starts"], dtype=np.int64).copy()
+        step = np.frombuffer(d["step"], dtype=np.int32).copy()
+        metrics = tuple(d["metrics"])
+        n, m = len(step), len(metrics)
+        trajs = [trajectories.get(t) for t in tids]
+        traj = np.repeat(np.arange(len(tids)), np.diff(starts)).tolist()
+        steps = step.tolist()
+
+        def actions(role: str) -> list[Action | None]:
+            w = d["actions"][role]
+            table = [Action.from_dict(a) for a in w["table"]]
+            out: list[Action | None] = []
+            for row, code in enumerate(np.frombuffer(w["codes"], dtype=np.int32).tolist()):
+                if code >= 0:
+                    out.append(table[code])
+                elif code == -1:
+                    out.append(None)
+                else:
+                    t = trajs[traj[row]]
+                    if t is None:
+                        raise KeyError(f"a worker's item {tids[traj[row]]}#{steps[row]} is not in this dataset")
+                    out.append(t.expert_actions()[steps[row]])
+            return out
+
+        def calls(role: str) -> list[tuple[CallStats, ...]]:
+            w = d["calls"][role]
+            table = [tuple(CallStats.from_dict(c) for c in entry) for entry in w["table"]]
+            return [table[c] for c in np.frombuffer(w["codes"], dtype=np.int32).tolist()]
+
+        return cls(
+            tids, [tuple(c) for c in d["cohorts"]], starts, step, metrics,
+            {r: np.frombuffer(d["scores"][r], dtype=np.float64).reshape(n, m).copy() for r in ROLES},
+            {r: np.frombuffer(d["scored"][r], dtype=bool).copy() for r in ROLES},
+            {r: {int(i): str(e) for i, e in d["errors"][r]} for r in ROLES},
+            {r: actions(r) for r in ROLES}, {r: calls(r) for r in ROLES},
+            {int(i): tuple(x) for i, x in d["dead"]},
+            None if d.get("ood") is None else np.frombuffer(d["ood"], dtype=np.int8).copy(),
+            None if d.get("distance") is None else np.frombuffer(d["distance"], dtype=np.float64).copy(),
+            None, None, None if any(t is None for t in trajs) else trajs,
+        )
+
+
+def _wire_table(values: Sequence[Any], encode: Any) -> dict[str, Any]:
+    """``values`` as int32 codes into a table of their distinct (hashable) values, each encoded once."""
+    import numpy as np
+
+    codes = np.empty(len(values), dtype=np.int32)
+    seen: dict[Any, int] = {}
+    table: list[Any] = []
+    for i, v in enumerate(values):
+        code = seen.get(v)
+        if code is None:
+            code = seen[v] = len(table)
+            table.append(encode(v))
+        codes[i] = code
+    return {"codes": codes.tobytes(), "table": table}
+
+
+class _ReasonParts:
+    """The scoring columns of several blocks as one: index ``(part << 40) + i``."""
+
+    __slots__ = ("metrics", "parts")
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.metrics = parts[0].metrics
+
+    def score(self, metric: str, i: int) -> Any:
+        return self.parts[i >> 40].score(metric, i & ((1 << 40) - 1))
+
+
+_STEP = ("step", "step")
+
+
 class ResultsStore:
-    """Every item of the run, by key, with the views the gate and the reports read."""
+    """Every item of the run, with the views the gate and the reports read.
+
+    Step-mode decision points live in :class:`StepBlock` columns (one per replay); every other item
+    (a trajectory, an episode) is an :class:`Item` by key. Readers that go through items get
+    :class:`Item` records either way; the gate's statistics and the report read the columns
+    (:meth:`step_table`). A step item put one by one (a judge's rescoring, a hand-built store) turns
+    the blocks into items, so the store never holds a decision point twice.
+    """
 
     def __init__(self) -> None:
-        self._items: dict[ItemKey, Item] = {}
+        # ItemKey -> Item, and ("block", n) -> a StepBlock not yet merged into the table, or the rows
+        # of the table (int array) that were that block: one dict keeps the storing order of all.
+        self._items: dict[Any, Any] = {}
+        self._nblocks = 0
+        self._pending: list[StepBlock] = []  # blocks not yet merged into ``_table``
+        self._table: StepBlock | None = None  # every merged block's rows, in key order
+        self._step_at: dict[str, tuple[StepBlock, int]] = {}  # trajectory id -> (its block, index there)
+        self._step_items = 0  # step-mode decision points held as Items
+        self._rows = 0  # ... and in blocks
         self._sorted: dict[tuple[str, str], list[Item]] = {}  # (mode, level) -> items by key; a cache
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._nblocks + self._rows
 
     def __bool__(self) -> bool:
         return bool(self._items)
 
+    def _entries(self) -> Iterator[tuple[StepBlock | None, Any]]:
+        """The stored values in storing order: ``(block, rows)`` for a block's rows (``rows`` None:
+        all of ``block``), ``(None, item)`` for an item."""
+        for v in list(self._items.values()):
+            if isinstance(v, Item):
+                yield None, v
+            elif isinstance(v, StepBlock):
+                yield v, None
+            else:
+                yield self._table, v
+
     def __iter__(self) -> Iterator[Item]:
-        return iter(self._items.values())
+        for block, v in self._entries():
+            if block is None:
+                yield v
+            else:
+                yield from block.items(None if v is None else v.tolist())
 
     def put(self, item: Item) -> None:
         """Add or replace ``item``."""
+        if (item.id.mode, item.id.level) == _STEP:
+            if self._nblocks:
+                self._explode()
+            if item.id not in self._items:
+                self._step_items += 1
         self._items[item.id] = item
         self._sorted.pop((item.id.mode, item.id.level), None)
 
+    def add_block(self, block: StepBlock) -> None:
+        """Add the step-mode decision points of one replay (trajectories not yet in the store)."""
+        if not len(block):
+            return
+        if self._step_items or block.ids_interleave():
+            for it in block.items():
+                self.put(it)
+            return
+        self._items[("block", self._nblocks)] = block
+        self._nblocks += 1
+        for t, tid in enumerate(block.tids):
+            self._step_at[tid] = (block, t)
+        self._pending.append(block)
+        self._rows += len(block)
+
+    def _explode(self) -> None:
+        """Turn every block into items, in place (a step item is being put one by one)."""
+        items: dict[Any, Any] = {}
+        for block, v in self._entries():
+            if block is None:
+                items[v.id] = v
+            else:
+                for it in block.items(None if v is None else v.tolist()):
+                    items[it.id] = it
+        self._items = items
+        self._step_items += self._rows
+        self._nblocks, self._pending, self._table, self._step_at, self._rows = 0, [], None, {}, 0
+
+    def step_table(self) -> StepBlock | None:
+        """Every step-mode decision point as one block in key order, or None when they are held as
+        items (or there are none)."""
+        if self._pending:
+            import numpy as np
+
+            parts = ([self._table] if self._table is not None else []) + self._pending
+            merged = StepBlock.concat(parts)
+            order = merged.key_order()
+            table = merged if order is None else merged.reordered(order)
+            where = np.arange(len(merged)) if order is None else np.empty(len(merged), dtype=np.int64)
+            if order is not None:
+                where[order] = np.arange(len(merged))  # a merged row -> its row in the table
+            offsets = dict(zip(map(id, parts), np.cumsum([0] + [len(p) for p in parts]).tolist()))
+            for k, v in self._items.items():
+                if isinstance(v, StepBlock):
+                    start = offsets[id(v)]
+                    self._items[k] = where[start:start + len(v)]
+                elif not isinstance(v, Item):
+                    self._items[k] = where[v]  # rows of the previous table, its offset 0 in ``merged``
+            self._table, self._pending = table, []
+            self._step_at = {tid: (table, t) for t, tid in enumerate(table.tids)}
+        return self._table
+
     def get(self, key: ItemKey) -> Item | None:
-        return self._items.get(key)
+        if (key.mode, key.level) == _STEP and self._nblocks:
+            tid, _, step = key.key.rpartition("#")
+            at = self._step_at.get(tid)
+            if at is None or not step.isdigit():
+                return None
+            block, t = at
+            for row in block.trajectory_rows(t):
+                if int(block.step[row]) == int(step) and block.key(row) == key.key:
+                    return block.item(row)
+            return None
+        v = self._items.get(key)
+        return v if isinstance(v, Item) else None
 
     def items(self, mode: str | None = None, level: str | None = None) -> list[Item]:
         """Items of ``mode`` and ``level`` (either None: all), in key order (stable across processes,
         so seeded statistics over them are reproducible under xdist)."""
+        table = self.step_table()
         if mode is not None and level is not None:
+            if (mode, level) == _STEP and table is not None:
+                return table.items()  # built on demand, never cached: a million records
             cached = self._sorted.get((mode, level))
             if cached is None:
-                cached = sorted((it for k, it in self._items.items() if k.mode == mode and k.level == level),
-                                key=lambda it: it.id)
+                cached = sorted((it for k, it in self._items.items() if isinstance(it, Item)
+                                 and k.mode == mode and k.level == level), key=lambda it: it.id)
                 self._sorted[mode, level] = cached
             return cached
-        return sorted((it for it in self._items.values()
-                       if (mode is None or it.id.mode == mode) and (level is None or it.id.level == level)),
-                      key=lambda it: it.id)
+        out = sorted((it for it in self._items.values() if isinstance(it, Item)
+                      and (mode is None or it.id.mode == mode) and (level is None or it.id.level == level)),
+                     key=lambda it: it.id)
+        if table is not None and mode in (None, "step") and level in (None, "step"):
+            out = sorted(out + table.items(), key=lambda it: it.id)
+        return out
+
+    def items_outside_steps(self) -> list[Item]:
+        """Every item held as a record (all but the step-mode decision points in columns), in key order."""
+        return sorted((v for v in self._items.values() if isinstance(v, Item)), key=lambda it: it.id)
 
     def cohort_items(self, cohort: str, mode: str, level: str) -> list[Item]:
         """Items of ``cohort`` in ``mode`` at ``level``, in key order."""
+        table = self.step_table()
+        if (mode, level) == _STEP and table is not None:
+            import numpy as np
+
+            return table.items(np.flatnonzero(table.cohort_mask(cohort)).tolist())
         return [it for it in self.items(mode, level) if cohort in it.cohorts]
+
+    def cohort_pairs(self, cohort: str, mode: str, level: str, metric: str, only: set[str] | None = None
+                     ) -> tuple[list[float], list[float], list[str], int]:
+        """``(expert, clone, trajectory ids, items)`` of ``cohort``'s items in key order (``only``:
+        of those trajectories): both roles' scores on ``metric`` where both are scored, each such
+        item's trajectory, and how many items there are (scored or not). From the columns when the
+        decision points are held there."""
+        table = self.step_table()
+        if (mode, level) == _STEP and table is not None:
+            import numpy as np
+
+            rows = table.cohort_mask(cohort, only)
+            e, c, both = table.pair_columns(metric)
+            sel = rows & both
+            tids = table.tids
+            return (e[sel].tolist(), c[sel].tolist(), [tids[t] for t in table.traj[sel].tolist()],
+                    int(np.count_nonzero(rows)))
+        items = [it for it in self.cohort_items(cohort, mode, level) if only is None or it.trajectory_id in only]
+        scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
+        return [p[0] for _, p in scored], [p[1] for _, p in scored], [it.trajectory_id for it, _ in scored], len(items)
+
+    def worst_candidates(self, cohort: str, mode: str, level: str, metric: str, k: int) -> list[Item]:
+        """Items among which the ``k`` where the clone lost most on ``metric`` are (the gap ``clone -
+        expert``, ties in key order): all of the cohort's items, or from the columns only those ``k``."""
+        table = self.step_table()
+        if (mode, level) == _STEP and table is not None:
+            import numpy as np
+
+            e, c, both = table.pair_columns(metric)
+            rows = np.flatnonzero(table.cohort_mask(cohort) & both)
+            order = np.argsort(c[rows] - e[rows], kind="stable")[:k]  # stable: ties stay in key order
+            return table.items(rows[order].tolist())
+        return self.cohort_items(cohort, mode, level)
 
     def step_items(self, trajectory_id: str, steps: int) -> list[Item]:
         """The step-mode decision points of one trajectory (``steps`` of them), in step order."""
+        at = self._step_at.get(trajectory_id)
+        if at is not None:
+            block, t = at
+            by_step = {int(block.step[r]): r for r in block.trajectory_rows(t)}
+            return [block.item(by_step[k]) for k in range(steps) if k in by_step]
         out = []
         for k in range(steps):
             it = self._items.get(ItemKey("step", "step", f"{trajectory_id}#{k}"))
@@ -282,13 +822,14 @@ class ResultsStore:
         return out
 
     def trajectory_item(self, mode: str, trajectory_id: str) -> Item | None:
-        return self._items.get(ItemKey(mode, "trajectory", trajectory_id))
+        v = self._items.get(ItemKey(mode, "trajectory", trajectory_id))
+        return v if isinstance(v, Item) else None
 
     def modes(self) -> list[str]:
-        return sorted({k.mode for k in self._items})
+        return sorted({k.mode for k, v in self._items.items() if isinstance(v, Item)} | ({"step"} if self._nblocks else set()))
 
     def trajectory_ids(self) -> set[str]:
-        return {it.trajectory_id for it in self._items.values()}
+        return {it.trajectory_id for it in self._items.values() if isinstance(it, Item)} | set(self._step_at)
 
     def trajectory_items(self) -> list[Item]:
         """One trajectory-level item per trajectory (rollout mode wins over step mode: it is what
@@ -299,15 +840,58 @@ class ResultsStore:
                 out[it.trajectory_id] = it
         return list(out.values())
 
+    def role_calls(self, role: str) -> Iterator[tuple[CallStats, ...]]:
+        """``role``'s call figures of every item (one tuple per item, a figure per repeat), in the
+        order the items were stored."""
+        for block, v in self._entries():
+            if block is None:
+                yield v.calls(role)
+            elif v is None:
+                yield from block.calls[role]
+            else:
+                calls = block.calls[role]
+                yield from (calls[r] for r in v.tolist())
+
+    def cohort_trajectories(self) -> dict[str, set[str]]:
+        """Cohort -> ids of the trajectories with an item in it."""
+        out: dict[str, set[str]] = {}
+        for tid, (block, t) in self._step_at.items():
+            for c in block.cohorts[t]:
+                out.setdefault(c, set()).add(tid)
+        for v in self._items.values():
+            if isinstance(v, Item):
+                for c in v.cohorts:
+                    out.setdefault(c, set()).add(v.trajectory_id)
+        return out
+
     # -- xdist -------------------------------------------------------------------------------------
     def export(self) -> list[dict[str, Any]]:
-        """Every item as JSON-able dicts (what a worker ships to the controller)."""
-        return [it.to_dict() for it in self._items.values()]
+        """Every item as JSON-able dicts, step-mode decision points as compact column blocks
+        (:meth:`StepBlock.to_wire`): what a worker ships to the controller, in storing order."""
+        table = self.step_table()
+        out: list[dict[str, Any]] = [] if table is None else [table.to_wire()]
+        return out + [v.to_dict() for v in self._items.values() if isinstance(v, Item)]
 
-    def merge(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def merge(self, rows: Iterable[Mapping[str, Any]], trajectories: Mapping[str, Any] | None = None) -> None:
         """Add a worker's items. Items are deterministic, so one worker's copy is as good as another's:
-        an item two workers both replayed is kept (and its calls counted) once."""
+        an item two workers both replayed is kept (and its calls counted) once. ``trajectories``
+        (id -> Trajectory) resolve the recorded actions a block refers to."""
+        import numpy as np
+
         for row in rows:
+            if row.get("block"):
+                block = StepBlock.from_wire(row, trajectories or {})
+                keep = [t for t, tid in enumerate(block.tids)
+                        if tid not in self._step_at and ItemKey("step", "step", f"{tid}#0") not in self._items]
+                if len(keep) < len(block.tids):
+                    rows_kept = np.concatenate([np.arange(block.starts[t], block.starts[t + 1]) for t in keep]) \
+                        if keep else np.zeros(0, dtype=np.int64)
+                    counts = np.diff(block.starts)[keep]
+                    trajs = None if block.trajectories is None else [block.trajectories[t] for t in keep]
+                    block = block.take(rows_kept, [block.tids[t] for t in keep], [block.cohorts[t] for t in keep],
+                                       np.concatenate([[0], np.cumsum(counts)]), trajs)
+                self.add_block(block)
+                continue
             item = Item.from_dict(row)
-            if item.id not in self._items:
+            if item.id not in self._items and self.get(item.id) is None:
                 self.put(item)

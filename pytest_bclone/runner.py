@@ -14,14 +14,14 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import pairwise, repeat
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from . import timing
 from .config import BcloneConfig
 from .errors import GateError
 from .records import Action, CallStats, DecisionPoint, Score, Trajectory
-from .results import ROLES, Item, ItemKey, ResultsStore, call_cost, token_cost
+from .results import ROLES, Item, ItemKey, LazyReasons, ResultsStore, StepBlock, call_cost, token_cost
 
 if TYPE_CHECKING:
     from .agents.base import Agent
@@ -213,17 +213,22 @@ class Runner:
         repeats = self.cfg.repeats
         with timing.phase("shift"):
             flags = self._ood_flags(points)
-        # Columnar: per role and repeat, one value list per metric (scores aligned with ``points`` /
-        # ``trajectories``, None where not scored); reasons are built only when a report reads them
-        # (_Reasons). Per-point Score objects and dicts were most of the time and the peak memory.
+        # Columnar: per role and repeat, the step metrics' values as one (points x metrics) array,
+        # nan where not scored; the items are one StepBlock, not a record per point (a million
+        # records were most of a large gate's memory and much of its time).
+        import numpy as np
+
         n = len(points)
+        m = len(step_metrics)
         replies = result.replies
-        point_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
+        point_vals: dict[str, list[Any]] = {r: [] for r in ROLES}
+        point_ok: dict[str, list[Any]] = {r: [] for r in ROLES}
         traj_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
-        point_reasons: list[Any] = [None] * n  # the clone's repeat 0: (columns, pair index)
+        reason_at = np.full(n, -1, dtype=np.int32)  # the clone's repeat 0: index in its scoring columns
+        clone_cols: Any = None
         traj_reasons: dict[str, Any] = {}
-        errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}
-        shared: dict[tuple[float, ...], tuple[float, ...]] = {}
+        errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}  # trajectory id -> first error
+        point_errors: dict[str, dict[int, str]] = {r: {} for r in ROLES}  # point -> first error
         for role in ROLES:
             for rep in range(repeats):
                 rl = replies[role][rep]
@@ -233,21 +238,21 @@ class Runner:
                 if len(ok) < n:
                     for i, (p, reply) in enumerate(zip(points, rl)):
                         if actions[i] is None:
-                            errors[role].setdefault(p.key, reply.stats.error or "failed")
+                            point_errors[role].setdefault(i, reply.stats.error or "failed")
                             errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
                             failed_traj.add(p.trajectory_id)
                 pairs = [(points[i], actions[i]) for i in ok]
                 cols = score_steps_columns(self.registry, step_metrics, pairs)
-                columns = [cols.values[m].tolist() for m in step_metrics]
-                vals: list[tuple[float, ...] | None] = [None] * n
-                reasons_here = role == "clone" and rep == 0
-                rows = zip(*columns) if columns else repeat((), len(ok))  # no step metric: empty rows
-                for j, row in enumerate(rows):
-                    i = ok[j]
-                    vals[i] = shared.setdefault(row, row)  # few distinct score rows: one tuple each
-                    if reasons_here:
-                        point_reasons[i] = (cols, j)
+                vals = np.full((n, m), np.nan)
+                got = np.zeros(n, dtype=bool)
+                got[ok] = True
+                if m and ok:
+                    vals[ok] = np.column_stack([np.asarray(cols.values[k], dtype=np.float64) for k in step_metrics])
+                if role == "clone" and rep == 0:
+                    clone_cols = cols
+                    reason_at[ok] = np.arange(len(ok), dtype=np.int32)
                 point_vals[role].append(vals)
+                point_ok[role].append(got)
                 # One group per trajectory whose every point was answered (none failed), in order.
                 if len(ok) == n:  # every point answered: ``pairs`` is aligned with ``points``
                     glist = [pairs[a:b] for a, b in pairwise(bounds) if b > a]
@@ -257,46 +262,52 @@ class Runner:
                 tvals: dict[str, tuple[float, ...]] = {}
                 if glist:
                     tcols = score_trajectories_columns(self.registry, traj_metrics, glist)
-                    tcolumns = [tcols.values[m].tolist() for m in traj_metrics]
+                    tcolumns = [tcols.values[k].tolist() for k in traj_metrics]
                     for g, group in enumerate(glist):
                         tid = group[0][0].trajectory_id
                         tvals[tid] = tuple(c[g] for c in tcolumns)
-                        if reasons_here:
+                        if role == "clone" and rep == 0:
                             traj_reasons[tid] = (tcols, g)
                 traj_vals[role].append([tvals.get(t.id) for t in trajectories])
         step_m, traj_m = tuple(step_metrics), tuple(traj_metrics)
-        calls_seen: dict[tuple[CallStats, ...], tuple[CallStats, ...]] = {}  # equal figures share one tuple
-        offered: frozenset[str] = frozenset()
-        owner: Trajectory | None = None
-        for i, p in enumerate(points):
-            flag = flags[i] if flags else None
-            clone0, expert0 = replies["clone"][0][i].action, replies["expert"][0][i].action
-            clone_calls = tuple(replies["clone"][k][i].stats for k in range(repeats))
-            expert_calls = tuple(replies["expert"][k][i].stats for k in range(repeats))
-            t = p.trajectory
-            if t is not owner:  # the offered tools once per trajectory, not once per point
-                owner, offered = t, t.tool_names
-            key = p.key
-            clone_err = errors["clone"].get(key) if errors["clone"] else None
-            expert_err = errors["expert"].get(key) if errors["expert"] else None
+        scores: dict[str, Any] = {}
+        scored: dict[str, Any] = {}
+        for role in ROLES:
+            # A role is scored at a point when no repeat's call failed there (each answered repeat is scored).
+            ok_all = np.logical_and.reduce(point_ok[role]) if repeats > 1 else point_ok[role][0]
+            scored[role] = ok_all
             if repeats == 1:  # one sample is its own score
-                cs = None if clone_err is not None else point_vals["clone"][0][i]
-                es = None if expert_err is not None else point_vals["expert"][0][i]
+                scores[role] = point_vals[role][0]
             else:
-                cs = _role_scores([point_vals["clone"][k][i] for k in range(repeats)], clone_err, step_m, binary)
-                es = _role_scores([point_vals["expert"][k][i] for k in range(repeats)], expert_err, step_m, binary)
-            at = point_reasons[i]
-            self.store.put(Item(
-                ItemKey("step", "step", key), t.id, p.step, t.cohorts, step_m, cs, es,
-                _Reasons(*at) if cs is not None and at is not None and step_m else (),  # type: ignore[arg-type]
-                clone_err, expert_err, clone0, expert0,
-                # Call figures live on their item, so an item replayed by two xdist workers is
-                # counted once when the controller merges by key.
-                calls_seen.setdefault(clone_calls, clone_calls), calls_seen.setdefault(expert_calls, expert_calls),
-                _dead_tools(offered, clone0),
-                None if flag is None else bool(flag.is_ood),
-                None if flag is None else round(float(flag.distance), 6),
-            ))
+                folded = np.full((n, m), np.nan)
+                for i in np.flatnonzero(ok_all).tolist():
+                    folded[i] = _fold([tuple(point_vals[role][k][i].tolist()) for k in range(repeats)], step_m, binary)
+                scores[role] = folded
+        calls_seen: dict[tuple[CallStats, ...], tuple[CallStats, ...]] = {}  # equal figures share one tuple
+        calls: dict[str, list[tuple[CallStats, ...]]] = {}
+        for role in ROLES:
+            per = [[reply.stats for reply in replies[role][k]] for k in range(repeats)]
+            calls[role] = [calls_seen.setdefault(c, c) for c in zip(*per)]
+        dead: dict[int, tuple[str, ...]] = {}
+        clone0 = [reply.action for reply in replies["clone"][0]]
+        for g, t in enumerate(trajectories):
+            offered = t.tool_names  # once per trajectory, not once per point
+            for i in range(bounds[g], bounds[g + 1]):
+                a = clone0[i]
+                if a is not None and a.tool_calls and (gone := _dead_tools(offered, a)):
+                    dead[i] = gone
+        kept = [g for g in range(len(trajectories)) if bounds[g + 1] > bounds[g]]
+        starts = np.asarray(bounds, dtype=np.int64)
+        self.store.add_block(StepBlock(
+            [trajectories[g].id for g in kept], [tuple(trajectories[g].cohorts) for g in kept],
+            np.concatenate([[0], np.cumsum(np.diff(starts)[kept])]),
+            np.arange(n, dtype=np.int32) - np.repeat(starts[:-1], np.diff(starts)).astype(np.int32),
+            step_m, scores, scored, point_errors,
+            {"clone": clone0, "expert": [reply.action for reply in replies["expert"][0]]}, calls, dead,
+            None if not flags else np.fromiter((f.is_ood for f in flags), dtype=np.int8, count=n),
+            None if not flags else np.fromiter((f.distance for f in flags), dtype=np.float64, count=n),
+            clone_cols if step_m else None, reason_at, [trajectories[g] for g in kept],
+        ))
         for g, t in enumerate(trajectories):
             first = bounds[g]
             steps = bounds[g + 1] - first
@@ -505,34 +516,6 @@ def _item(
                 reasons, errors["clone"], errors["expert"], **extra)
 
 
-class _Reasons(Sequence[str]):
-    """The clone's reasons of one item, aligned with its metrics, built from the scoring columns
-    when read: a report shows a few, and building every one cost most of the scoring time."""
-
-    __slots__ = ("_cols", "_i")
-
-    def __init__(self, cols: Any, i: int) -> None:
-        self._cols = cols
-        self._i = i
-
-    def __len__(self) -> int:
-        return len(self._cols.metrics)
-
-    def __getitem__(self, k: Any) -> Any:
-        if isinstance(k, slice):
-            return tuple(self)[k]
-        return self._cols.score(self._cols.metrics[k], self._i).reason
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-
 def _role_scores(reps: Sequence[tuple[float, ...] | None], error: str | None, metrics: tuple[str, ...],
                  binary: Mapping[str, bool]) -> tuple[float, ...] | None:
     """One role's scores from its per-repeat values: None when a call failed or a repeat was not scored."""
@@ -558,7 +541,7 @@ def _item_from_values(
     scores = {role: _role_scores(per_repeat[role], errors[role], metrics, binary) for role in ROLES}
     reasons: Sequence[str] = ()
     if scores["clone"] is not None and reasons_at is not None and metrics:
-        reasons = _Reasons(*reasons_at)
+        reasons = LazyReasons(*reasons_at)
     return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
                 reasons, errors["clone"], errors["expert"], **extra)  # type: ignore[arg-type]
 

@@ -158,13 +158,14 @@ class BcloneSession:
         from .parity import parity_verdict
 
         self.ensure_judged(cohort, metric)
-        items = [it for it in self.cohort_items(cohort, metric, mode) if only is None or it.trajectory_id in only]
         with timing.phase("statistics"):
-            scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
+            # Read from the store's columns: no item record is built for a verdict.
+            expert, clone, clusters, total = self.store.cohort_pairs(
+                cohort, mode, self.metric_level(metric, mode), metric, only)
             return parity_verdict(
-                cohort, metric, [p[0] for _, p in scored], [p[1] for _, p in scored],
-                within=within, clusters=[it.trajectory_id for it, _ in scored], errors=len(items) - len(scored),
-                total=len(items), confidence=confidence or self.cfg.confidence, resamples=self.cfg.bootstrap,
+                cohort, metric, expert, clone,
+                within=within, clusters=clusters, errors=total - len(expert),
+                total=total, confidence=confidence or self.cfg.confidence, resamples=self.cfg.bootstrap,
                 seed=self.cfg.seed, max_error_rate=self.cfg.max_error_rate,
             )
 
@@ -172,7 +173,8 @@ class BcloneSession:
         """The ``k`` items where the clone lost most against the expert, as readable step records."""
         from .report.summary import worst_items
 
-        return worst_items(self.cohort_items(cohort, metric, mode), metric, self.step_items, k)
+        candidates = self.store.worst_candidates(cohort, mode, self.metric_level(metric, mode), metric, k)
+        return worst_items(candidates, metric, self.step_items, k)
 
     # -- verdicts ------------------------------------------------------------------------------------
     def record(self, verdict: Verdict, *, mode: str, on_fail: str, test: str, worst: Sequence[Mapping[str, Any]],
@@ -211,7 +213,7 @@ class BcloneSession:
     def merge(self, data: Mapping[str, Any]) -> None:
         """Merge a worker's export (items once per key, verdicts once per uid)."""
         r = self.runner
-        self.store.merge(data.get("items") or ())
+        self.store.merge(data.get("items") or (), r.by_id)
         self.add_verdicts(data.get("verdicts") or ())
         for nodeid, cohort in (data.get("gate_tests") or {}).items():
             self.gate_tests.setdefault(nodeid, GateTest(nodeid, cohort))

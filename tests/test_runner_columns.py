@@ -102,3 +102,121 @@ def test_a_replay_keeps_no_parsed_messages(tmp_path):
     assert state.messages == recorded[: points[-1].message_index]
     assert state.trajectory_id == t.id and state.step == len(points) - 1
     assert points[-1].expert_action == Action.from_message(recorded[points[-1].message_index])
+
+
+def _two_block_session(tmp_path) -> BcloneSession:
+    """MixedClone over 42 trajectories replayed in two rounds (odd ones first): two step blocks
+    whose rows interleave in key order."""
+    DatasetStore(str(tmp_path)).write_version("support", "v1", [
+        make_row(i, cohorts=("common_intents",) if i % 2 else ("common_intents", "long_tail")) for i in range(1, 43)])
+    cfg = build_config({"clone": "mixed"}, {}, str(tmp_path))
+    dataset = DatasetStore(str(tmp_path)).load("v1")
+    session = BcloneSession(cfg, dataset, make_agent_hook=lambda role, spec: (
+        MixedClone(dataset.trajectories) if spec == "mixed" else None), progress=False)
+    ts = session.runner.eval_trajectories
+    session.runner.replay_trajectories("step", ts[1::2])
+    session.runner.replay_trajectories("step", ts[0::2])
+    return session
+
+
+def _pairs_from_items(items, cohort, metric, only=None):
+    mine = [it for it in items if cohort in it.cohorts and (only is None or it.trajectory_id in only)]
+    scored = [(it, p) for it in mine if (p := it.pair(metric)) is not None]
+    return [p[0] for _, p in scored], [p[1] for _, p in scored], [it.trajectory_id for it, _ in scored], len(mine)
+
+
+def test_step_columns_give_what_the_items_give(tmp_path):
+    session = _two_block_session(tmp_path)
+    store = session.store
+    assert store.step_table() is not None  # the decision points are held in columns
+    items = store.items("step", "step")
+    assert [it.id for it in items] == sorted(it.id for it in items) and len(items) == 42 * 2
+    assert len(store) == 42 * 3  # decision points and trajectory items
+    step_m = session.runner._metrics()[0]
+    only = {t.id for t in session.runner.eval_trajectories[::3]}
+    for cohort in ("common_intents", "long_tail"):
+        assert [it.id for it in store.cohort_items(cohort, "step", "step")] == [
+            it.id for it in items if cohort in it.cohorts]
+        for metric in step_m:
+            assert store.cohort_pairs(cohort, "step", "step", metric) == _pairs_from_items(items, cohort, metric)
+            assert store.cohort_pairs(cohort, "step", "step", metric, only) == _pairs_from_items(
+                items, cohort, metric, only)
+            worst = sorted(((p[1] - p[0], it.key) for it in items if cohort in it.cohorts
+                            and (p := it.pair(metric)) is not None))[:3]
+            got = store.worst_candidates(cohort, "step", "step", metric, 3)
+            assert [(it.pair(metric)[1] - it.pair(metric)[0], it.key) for it in got] == worst
+    for t in session.runner.eval_trajectories[:5]:
+        assert store.step_items(t.id, 2) == [it for it in items if it.trajectory_id == t.id]
+        assert store.get(ItemKey("step", "step", f"{t.id}#1")) == items[[it.key for it in items].index(f"{t.id}#1")]
+    assert store.get(ItemKey("step", "step", "t0001#7")) is None
+    # calls in storing order: the odd trajectories' points first, as they were replayed
+    calls = list(store.role_calls("clone"))
+    assert len(calls) == len(store) and calls[0] == store.get(ItemKey("step", "step", "t0002#0")).calls("clone")
+
+
+def test_step_blocks_cross_the_xdist_channel_compactly(tmp_path):
+    from dataclasses import replace
+
+    from pytest_bclone.results import ResultsStore
+
+    session = _two_block_session(tmp_path)
+    exported = session.store.export()
+    blocks = [row for row in exported if row.get("block")]
+    assert len(blocks) == 1 and len(exported) == 1 + 42  # one block of columns, the trajectory items
+    assert all(isinstance(v, (bytes, str, list, dict, int, type(None))) for v in blocks[0].values())
+    # the recorded expert's actions travel as references, not as copies
+    assert blocks[0]["actions"]["expert"]["table"] == []
+    controller = ResultsStore()
+    controller.merge(exported, session.runner.by_id)
+    controller.merge(exported, session.runner.by_id)  # a second worker's copy is kept once
+    assert len(controller) == len(session.store)
+    # Everything but the reasons (read on the worker that scored them) arrives unchanged.
+    assert [replace(it, clone_reasons=()) for it in controller.items()] == [
+        replace(it, clone_reasons=()) for it in session.store.items()]
+    from collections import Counter
+
+    assert Counter(controller.role_calls("expert")) == Counter(session.store.role_calls("expert"))
+
+
+def test_a_step_item_put_alone_turns_the_columns_into_items(tmp_path):
+    session = _two_block_session(tmp_path)
+    store = session.store
+    before = store.items()
+    old = before[5]
+    new = old.with_judged("judge_x", {"clone": 0.5}, {"expert": "timeout"})
+    store.put(new)
+    assert store.step_table() is None
+    assert store.items() == [new if it.id == old.id else it for it in before]
+    assert len(store) == len(before)
+
+
+def test_step_rows_are_in_key_order_with_ten_steps_and_odd_ids():
+    import numpy as np
+
+    from pytest_bclone.records import Action
+    from pytest_bclone.results import StepBlock
+
+    def block(tids, steps_per):
+        starts = np.concatenate([[0], np.cumsum(steps_per)])
+        step = np.concatenate([np.arange(k) for k in steps_per])
+        n = int(starts[-1])
+        acts = [Action(text=str(i)) for i in range(n)]
+        return StepBlock(tids, [("c",)] * len(tids), starts, step, ("m",),
+                         {r: np.arange(n, dtype=float).reshape(n, 1) for r in ("clone", "expert")},
+                         {r: np.ones(n, dtype=bool) for r in ("clone", "expert")},
+                         {"clone": {3: "boom"}, "expert": {}}, {"clone": acts, "expert": list(acts)},
+                         {r: [()] * n for r in ("clone", "expert")}, {n - 1: ("x",)})
+
+    b = block(["b", "a", "a!"], [12, 3, 2])
+    want = sorted(range(len(b)), key=b.key)
+    got = b.reordered(b.key_order())
+    assert [got.key(r) for r in range(len(got))] == [b.key(r) for r in want]
+    assert [got.item(r) for r in range(len(got))] == [b.item(r) for r in want]  # errors, dead tools follow
+    # A '#' in an id interleaves trajectories in key order: the store keeps such points as items.
+    from pytest_bclone.results import ResultsStore
+
+    store = ResultsStore()
+    odd = block(["a#1", "a", "a#0"], [12, 3, 2])
+    store.add_block(odd)
+    assert store.step_table() is None
+    assert store.items() == sorted(odd.items(), key=lambda it: it.id) and len(store) == len(odd)

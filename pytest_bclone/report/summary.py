@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..records import Action, Trajectory
-from ..results import ROLES, Item, ResultsStore, call_cost
+from ..results import ROLES, Item, ResultsStore, StepBlock, call_cost
 
 __all__ = ["RunInfo", "build_summary", "divergence_records", "recorded_expert_scores", "worst_items"]
 
@@ -44,8 +44,18 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
                   info: RunInfo, trajectories: Mapping[str, Trajectory]) -> dict[str, Any]:
     """The run's report as one JSON-able dict. ``trajectories`` are the evaluated rows by id (their
     recorded ``expert_scores`` are shown beside the replayed figures)."""
-    step_items = store.items("step", "step")
-    divergent = [it for it in step_items if it.diverges]
+    table = store.step_table()
+    # Decision points held in columns are read there; an item is built only for what is shown.
+    step_items: Sequence[Item] = store.items("step", "step") if table is None else _Rows(table)
+    if table is None:
+        divergent = [it for it in step_items if it.diverges]
+        n_divergent = len(divergent)
+    else:
+        import numpy as np
+
+        rows = np.flatnonzero(table.diverges())
+        n_divergent = int(rows.shape[0])
+        divergent = table.items(rows[:20].tolist())
     return {
         "schema": "pytest-bclone/report/1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -63,14 +73,15 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
         "recorded_expert": recorded_expert_scores(store, trajectories),
         "agents": {role: agent_figures(store, role, {"clone": info.clone, "expert": info.expert}[role], info.prices)
                    for role in ROLES},
-        "tool_confusions": _confusions(step_items),
-        "dead_tools": _dead_tool_table(step_items),
-        "distribution_shift": _shift_summary(step_items, info.shift_threshold),
+        "tool_confusions": _confusions(step_items) if table is None else _confusions_columns(table),
+        "dead_tools": _dead_tool_table(step_items if table is None else _dead_items(table)),
+        "distribution_shift": (_shift_summary(step_items, info.shift_threshold) if table is None
+                               else _shift_summary_columns(table, info.shift_threshold)),
         "errors": _errors(store),
         "cache": dict(info.cache),
         "divergences": {
-            "count": len(divergent), "states": len(step_items),
-            "rate": round(len(divergent) / len(step_items), 6) if step_items else None,
+            "count": n_divergent, "states": len(step_items),
+            "rate": round(n_divergent / len(step_items), 6) if step_items else None,
             "examples": [_divergence_example(it) for it in divergent[:20]],
         },
         "drift": None,
@@ -79,8 +90,28 @@ def build_summary(store: ResultsStore, verdicts: Sequence[Mapping[str, Any]], ga
     }
 
 
+class _Rows(Sequence[Item]):
+    """A step table's rows as a sequence of items, each built when read (what the few per-item
+    readers get; the counts need no item at all)."""
+
+    def __init__(self, table: StepBlock) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self._table.items(range(len(self))[i])
+        return self._table.item(range(len(self))[i])
+
+    def __iter__(self) -> Iterator[Item]:
+        return (self._table.item(r) for r in range(len(self)))
+
+
 def _decision_points(store: ResultsStore, trajectories: Mapping[str, Trajectory], step_items: int) -> int:
-    step_ids = {it.trajectory_id for it in store.items("step", "step")}
+    table = store.step_table()
+    step_ids = {it.trajectory_id for it in store.items("step", "step")} if table is None else set(table.tids)
     others = store.trajectory_ids() - step_ids
     return step_items + sum(len(trajectories[t].assistant_indexes()) for t in others if t in trajectories)
 
@@ -89,7 +120,11 @@ def _malformed(store: ResultsStore) -> dict[str, int]:
     """Actions per role whose tool-call arguments were not a JSON object (scored as wrong, never a
     crash): at step items, and every turn of rollout episodes."""
     out = {role: 0 for role in ROLES}
-    for it in store.items():
+    table = store.step_table()
+    if table is not None:
+        for role in ROLES:
+            out[role] += sum(1 for a in table.actions[role] if a is not None and a.tool_calls and a.unparseable)
+    for it in store.items() if table is None else store.items_outside_steps():
         for role in ROLES:
             if it.level == "step":
                 action = it.action(role)
@@ -117,10 +152,7 @@ def _recorded_means(trajectory_ids: Iterable[str], trajectories: Mapping[str, Tr
 def recorded_expert_scores(store: ResultsStore, trajectories: Mapping[str, Trajectory]) -> list[dict[str, Any]]:
     """Per cohort, the mean of each score the dataset recorded for the expert (``expert_scores``: the
     source's own rewards and evaluator scores) over the evaluated trajectories."""
-    by_cohort: dict[str, set[str]] = {}
-    for it in store:
-        for c in it.cohorts:
-            by_cohort.setdefault(c, set()).add(it.trajectory_id)
+    by_cohort = store.cohort_trajectories()
     rows = []
     for cohort in sorted(by_cohort):
         for name, values in sorted(_recorded_means(sorted(by_cohort[cohort]), trajectories).items()):
@@ -131,11 +163,15 @@ def recorded_expert_scores(store: ResultsStore, trajectories: Mapping[str, Traje
 def score_table(store: ResultsStore, trajectories: Mapping[str, Trajectory] | None = None) -> list[dict[str, Any]]:
     """Every metric computed, per cohort and mode: n, both agents' means, the difference; and the
     recorded expert's own score of the same name (``expert_recorded``), when the dataset has one."""
-    rows = []
-    cohorts = sorted({c for it in store for c in it.cohorts})
+    rows: list[dict[str, Any]] = []
+    cohorts = sorted(store.cohort_trajectories())
     trajectories = trajectories or {}
+    table = store.step_table()
     for mode in store.modes():
         for level in ("step", "trajectory"):
+            if (mode, level) == ("step", "step") and table is not None:
+                rows.extend(_score_rows_columns(table, cohorts, trajectories))
+                continue
             its = store.items(mode, level)
             metrics = sorted({m for it in its for m in it.scores("clone")})
             for cohort in cohorts:
@@ -154,9 +190,34 @@ def score_table(store: ResultsStore, trajectories: Mapping[str, Trajectory] | No
     return rows
 
 
+def _score_rows_columns(table: StepBlock, cohorts: Sequence[str], trajectories: Mapping[str, Trajectory]
+                        ) -> list[dict[str, Any]]:
+    """:func:`score_table`'s rows of the step-mode decision points, from their columns (the same
+    sums in the same key order, so the same figures)."""
+    import numpy as np
+
+    metrics = sorted(m for m in table.metrics if table.clone_scored(m).any())
+    rows = []
+    for cohort in cohorts:
+        mine = table.cohort_mask(cohort)
+        tids = sorted({table.tids[t] for t in np.unique(table.traj[mine]).tolist()})
+        recorded = _recorded_means(tids, trajectories)
+        for metric in metrics:
+            e_all, c_all, both = table.pair_columns(metric)
+            sel = mine & both
+            if not sel.any():
+                continue
+            e_list, c_list = e_all[sel].tolist(), c_all[sel].tolist()
+            e, c = sum(e_list) / len(e_list), sum(c_list) / len(c_list)
+            rows.append({"cohort": cohort, "metric": metric, "mode": "step", "n": len(e_list),
+                         "expert_mean": round(e, 4), "clone_mean": round(c, 4), "diff": round((c - e) * 100, 2),
+                         "expert_recorded": _mean(recorded.get(metric, []))})
+    return rows
+
+
 def agent_figures(store: ResultsStore, role: str, name: str, prices: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
     """Usage, cost and latency of one agent over every item."""
-    calls = [c for it in store for c in it.calls(role)]
+    calls = [c for figures in store.role_calls(role) for c in figures]
     live = [c for c in calls if not c.cached and c.error is None and c.latency_s and c.calls]
     lat = sorted(c.latency_s for c in live)
     price = prices.get(name)
@@ -203,10 +264,38 @@ def _shift_summary(step_items: Sequence[Item], threshold: float | None) -> dict[
             "in_distribution": part(ind), "out_of_distribution": part(ood)}
 
 
+def _shift_summary_columns(table: StepBlock, threshold: float | None) -> dict[str, Any] | None:
+    """:func:`_shift_summary` from the columns (the same lists in the same order)."""
+    if table.ood is None:
+        return None
+    e, c, both = table.pair_columns("action_match")
+    known = both & (table.ood >= 0)
+    if not known.any():
+        return None
+    ood = known & (table.ood == 1)
+    ind = known & (table.ood == 0)
+
+    def part(sel: Any) -> dict[str, Any]:
+        n = int(sel.sum())
+        if not n:
+            return {"n": 0, "expert_mean": None, "clone_mean": None}
+        return {"n": n, "expert_mean": _mean(e[sel].tolist()), "clone_mean": _mean(c[sel].tolist())}
+
+    return {"threshold": None if threshold is None else round(float(threshold), 6),
+            "ood_share": round(int(ood.sum()) / int(known.sum()), 4), "metric": "action_match",
+            "in_distribution": part(ind), "out_of_distribution": part(ood)}
+
+
 def _errors(store: ResultsStore) -> dict[str, Any]:
     by_role = {r: 0 for r in ROLES}
     examples: list[dict[str, Any]] = []
-    for it in store.items():
+    table = store.step_table()
+    if table is None:
+        items = store.items()
+    else:  # only the decision points with an error need an item
+        failed = sorted(set(table.errors["clone"]) | set(table.errors["expert"]))
+        items = sorted(store.items_outside_steps() + table.items(failed), key=lambda it: it.id)
+    for it in items:
         # A failed call is counted once: on its step in step mode (the trajectory item only
         # inherits it), on its episode in rollout mode.
         if it.mode == "step" and it.level == "trajectory":
@@ -250,7 +339,14 @@ def _divergence_example(it: Item) -> dict[str, Any]:
 def divergence_records(store: ResultsStore) -> list[dict[str, Any]]:
     """Every state where clone and expert disagree: the annotation queue for the next clone."""
     out = []
-    for it in store.items("step", "step"):
+    table = store.step_table()
+    if table is None:
+        step_items = store.items("step", "step")
+    else:
+        import numpy as np
+
+        step_items = table.items(np.flatnonzero(table.diverges()).tolist())
+    for it in step_items:
         if not it.diverges:
             continue
         e, c = it.action("expert"), it.action("clone")
@@ -312,7 +408,7 @@ def _labels(action: Action | None) -> list[str]:
     return names or ["(text reply)"]
 
 
-def _confusions(step_items: Iterable[Item]) -> list[dict[str, Any]]:
+def _confusions(step_items: Iterable[Any]) -> list[dict[str, Any]]:
     """Expert tool -> clone tool counts at the states where they differ.
 
     A text reply on one side confuses each distinct tool of the other side with "(text reply)";
@@ -341,7 +437,38 @@ def _confusions(step_items: Iterable[Item]) -> list[dict[str, Any]]:
             for (e, c), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def _dead_tool_table(step_items: Iterable[Item]) -> list[dict[str, Any]]:
+def _confusions_columns(table: StepBlock) -> list[dict[str, Any]]:
+    """:func:`_confusions` over the table's actions (the same counts): a state where both agents
+    took the very same action confuses nothing, and needs no item."""
+    pairs = [(e, c) for e, c in zip(table.actions["expert"], table.actions["clone"]) if e is not c]
+    return _confusions(_ActionPair(e, c) for e, c in pairs)
+
+
+class _ActionPair:
+    """The two actions :func:`_confusions` reads from a step item."""
+
+    __slots__ = ("_c", "_e")
+
+    def __init__(self, e: Action | None, c: Action | None) -> None:
+        self._e, self._c = e, c
+
+    def action(self, role: str) -> Action | None:
+        return self._c if role == "clone" else self._e
+
+
+class _DeadRow:
+    __slots__ = ("cohorts", "dead")
+
+    def __init__(self, dead: tuple[str, ...], cohorts: tuple[str, ...]) -> None:
+        self.dead, self.cohorts = dead, cohorts
+
+
+def _dead_items(table: StepBlock) -> list[Any]:
+    """The rows with dead tools, in key order, as what :func:`_dead_tool_table` reads."""
+    return [_DeadRow(d, table.cohorts[int(table.traj[r])]) for r, d in sorted(table.dead.items())]
+
+
+def _dead_tool_table(step_items: Iterable[Any]) -> list[dict[str, Any]]:
     tools: dict[str, Counter[str]] = {}
     totals: Counter[str] = Counter()
     for it in step_items:
