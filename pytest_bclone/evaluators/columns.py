@@ -571,13 +571,14 @@ class _FusedTrajectories:
         fallback = tc is not None and expected is None
         located: tuple[tuple[Hashable, ...], ...] = ()
         expert_counts: tuple[dict[Hashable, int], ...] = ()
+        changing_only = False
         required: list[Hashable] = []
         required_names: frozenset[str] = frozenset()
         if with_expected:
             required, required_names = _required(trajectory, tools)
         if fallback:
             assert tc is not None
-            located, expert_counts = _fallback_plan(tc, trajectory, tools, compiled, self.plan_key)
+            located, expert_counts, changing_only = _fallback_plan(tc, trajectory, compiled, self.plan_key)
         changing_of = self.changing.get(tools)
         if changing_of is None:
             changing_of = self.changing[tools] = {}
@@ -647,20 +648,28 @@ class _FusedTrajectories:
                             if _changing(tc, c.name, tools, changing_of):
                                 unwanted_call = True
                 elif fallback:
-                    if norms is None:
-                        norms = [normalize_args(c, tools) for c in calls]
+                    # With the expert's state-changing calls required (changing_only), only the
+                    # agent's state-changing calls can reproduce one or be unwanted: a key holds
+                    # its tool name, so a read-only call neither matches such a key nor takes one
+                    # a state-changing call could. With all the expert's calls required (it
+                    # changed nothing), every agent call may reproduce one, and each
+                    # state-changing call is unwanted (the expert made none at any step).
                     here: dict[Hashable, int] = {}
-                    expert_here = dict(expert_counts[i - 1])
-                    for c, a in zip(calls, norms):
+                    expert_here = dict(expert_counts[i - 1]) if changing_only else {}
+                    for j, c in enumerate(calls):
+                        chg = _changing(tc, c.name, tools, changing_of)
+                        if not chg and changing_only:
+                            continue
+                        a = norms[j] if norms is not None else normalize_args(c, tools)
                         if a is None:
-                            if _changing(tc, c.name, tools, changing_of):
+                            if chg:
                                 unwanted += 1  # a unique key: never the expert's, never located
                             continue
                         key = (c.name, frozenset(a.items()))
                         here[key] = here.get(key, 0) + 1
                         if expert_here.get(key, 0) > 0:
                             expert_here[key] -= 1
-                        elif _changing(tc, c.name, tools, changing_of):
+                        elif chg:
                             unwanted += 1
                     for key in located[i - 1]:
                         if here.get(key, 0) > 0:
@@ -729,32 +738,46 @@ def _required(trajectory: Trajectory, tools: Toolset) -> tuple[list[Hashable], f
 _REQUIRED_KEY = "bclone.columns.required"
 
 
-def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, tools: Toolset, compiled: Sequence[_Compiled],
-                   key: _MemoKey) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...]]:
-    """Where the requirements of :meth:`TaskCompletion.requirements` (no expected outcome) are
-    located (the general path's first-come consumption of the expert's calls): the keys located at
-    each step; and the expert's call counts per step. Kept on the trajectory under ``key`` (per policy)."""
+def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, compiled: Sequence[_Compiled], key: _MemoKey
+                   ) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...], bool]:
+    """The requirements of :meth:`TaskCompletion.requirements` without an expected outcome (the
+    expert's state-changing calls, or all its calls when it changed nothing), located as the
+    general path locates them (first-come consumption of the expert's calls, step by step): the
+    keys located at each step; the counts per step of the keys of the expert's required calls;
+    whether only state-changing calls are required. Only required calls are keyed (a read-only
+    call can match no state-changing requirement). Kept on the trajectory under ``key`` (per policy)."""
     memo = trajectory.memo()
     hit = memo.get(key)
     if hit is not None:
         return hit  # type: ignore[no-any-return]
-    experts = [ex[6] for ex in compiled]
-    required, _, _ = ev.requirements(trajectory, tools, experts)
-    counts: list[dict[Hashable, int]] = []
-    for ex in compiled:
-        here: dict[Hashable, int] = {}
-        for k in (_normed(ex, tools)[9] if ex[0] else ()):
-            here[k] = here.get(k, 0) + 1
-        counts.append(here)
+    tools = toolset(trajectory.tools)
+    changing = ev.policy.is_state_changing
+    calls = [(i, c) for i, ex in enumerate(compiled) for c in ex[6].tool_calls]
+    required = [(i, c) for i, c in calls if changing(c.name, tools)]
+    changing_only = bool(required)
+    if not changing_only:
+        required = calls
+    counts: list[dict[Hashable, int]] = [{} for _ in compiled]
+    keys: list[Hashable | None] = []
+    for i, c in required:
+        args = normalize_args(c, tools)
+        if args is None:  # a unique key: never located (and never counted, as it equals nothing)
+            keys.append(None)
+            continue
+        k = (c.name, frozenset(args.items()))  # call_key
+        here = counts[i]
+        here[k] = here.get(k, 0) + 1
+        keys.append(k)
     left = [dict(c) for c in counts]
     located: list[list[Hashable]] = [[] for _ in compiled]
-    for call in required:
-        k = call_key(call.name, normalize_args(call, tools))
+    for wanted in keys:
+        if wanted is None:
+            continue
         for i, here in enumerate(left):
-            if here.get(k, 0) > 0:
-                here[k] -= 1
-                located[i].append(k)
+            if here.get(wanted, 0) > 0:
+                here[wanted] -= 1
+                located[i].append(wanted)
                 break
-    plan = (tuple(tuple(at) for at in located), tuple(counts))
+    plan = (tuple(tuple(at) for at in located), tuple(counts), changing_only)
     memo[key] = plan
     return plan
