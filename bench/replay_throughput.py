@@ -7,20 +7,22 @@ after 50 ms, at concurrency 64, all in one run so both sides see the same machin
 * ``cold``:  ``run_replay`` with an empty cache (every call goes out and is recorded, fsync'd).
 * ``warm``:  ``run_replay`` again on that cache (no call goes out).
 * ``off``:   ``run_replay`` with ``--bclone-cache-mode=off`` (what the engine costs without recording).
-* ``tuned``: the bare loop with the per-call settings available to a caller of litellm: message
-  logging off, no callbacks, ``drop_params``. Its CPU per call against ``bare`` is the part of
-  litellm's per-call CPU that how we call it can avoid.
-* ``client``: ``tuned`` plus one reused ``openai.AsyncOpenAI`` passed as ``client=`` (litellm
-  otherwise looks its cached client up on every call).
 
-Each line reports the CPU of the event-loop thread per call (``thread_time``): litellm's own cost
-per call, steadier than wall time when other processes share the machine.
+Each line reports the CPU per call of the event-loop thread (``thread_time``: litellm and bclone
+both run there) and of the whole process (``process_time``: also litellm's logging threads and
+the cache's writer threads), steadier than wall time when other processes share the machine; the
+summary gives both for ``bare`` and ``cold`` and their ratio, as medians of per-round ratios.
+
+A second block measures the litellm settings a caller can choose (:data:`SETTINGS`: callbacks off,
+message logging off, ``drop_params``, ``no-log``, token counter off, the httpx transport, a reused
+``client=``), each alone against the bare loop, alternating: the share of litellm's per-call CPU
+that how we call it can avoid.
 
 Goals: cold/bare <= 1.10, cold/warm >= 20. Run: ``.venv/bin/python bench/replay_throughput.py``
-(``--states``, ``--concurrency``, ``--latency``, ``--rounds`` to vary). The stub server (a
-ThreadingHTTPServer) runs in its own process, as a model server would: in-process, its threads
-would compete with the client for the GIL. When it or litellm's per-call overhead is the
-bottleneck, it is so for both ``bare`` and ``cold``: they alternate in the same run.
+(``--states``, ``--concurrency``, ``--latency``, ``--rounds``, ``--settings-states`` to vary). The
+stub server (a ThreadingHTTPServer) runs in its own process, as a model server would: in-process,
+its threads would compete with the client for the GIL. When it or litellm's per-call overhead is
+the bottleneck, it is so for both ``bare`` and ``cold``: they alternate in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,25 +80,36 @@ def build_points(states: int) -> list[DecisionPoint]:
     return points[:states]
 
 
-def bare(points: list[DecisionPoint], base_url: str, concurrency: int, *, tuned: bool = False,
-         client: bool = False) -> float:
-    """The baseline: litellm.acompletion under a semaphore, nothing else (``tuned``: with every
-    per-call saving a caller can choose, see the module docstring)."""
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # label: (litellm module settings, extra per-call arguments)
+    "callbacks off": ({name: [] for name in ("callbacks", "success_callback", "failure_callback",
+                                             "_async_success_callback", "_async_failure_callback",
+                                             "service_callback")}, {}),
+    "message logging off": ({"turn_off_message_logging": True}, {}),
+    "drop_params": ({"drop_params": True}, {}),
+    "no-log per call": ({}, {"no-log": True}),
+    "token counter off": ({"disable_token_counter": True}, {}),
+    "httpx transport": ({"disable_aiohttp_transport": True}, {}),
+    "reused client=": ({}, {"client": True}),
+}
+"""What a caller of litellm can choose per call or per process, each measured alone against the
+bare loop (a reused ``openai.AsyncOpenAI`` is passed as ``client=``; litellm otherwise looks its
+cached client up on every call)."""
+
+
+def bare(points: list[DecisionPoint], base_url: str, concurrency: int, setting: str | None = None) -> float:
+    """The baseline: litellm.acompletion under a semaphore, nothing else (``setting``: with one of
+    :data:`SETTINGS`, restored afterwards)."""
     litellm = import_litellm()
-    saved = {name: getattr(litellm, name) for name in (
-        "turn_off_message_logging", "drop_params", "callbacks", "success_callback", "failure_callback",
-        "_async_success_callback", "_async_failure_callback")}
-    if tuned:
-        litellm.turn_off_message_logging = True
-        litellm.drop_params = True
-        for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
-                     "_async_failure_callback"):
-            setattr(litellm, name, [])
+    module, per_call = SETTINGS[setting] if setting else ({}, {})
+    saved = {name: getattr(litellm, name) for name in module}
+    for name, value in module.items():
+        setattr(litellm, name, value)
 
     async def main() -> list[Any]:
         sem = asyncio.Semaphore(concurrency)
-        extra: dict[str, Any] = {}
-        if client:
+        extra = dict(per_call)
+        if extra.get("client"):
             import openai
 
             extra["client"] = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=60)
@@ -112,6 +127,8 @@ def bare(points: list[DecisionPoint], base_url: str, concurrency: int, *, tuned:
             if "client" in extra:
                 await extra["client"].close()
             await litellm.close_litellm_async_clients()
+            # Closed clients stay in litellm's client cache; an httpx one would be reused closed.
+            litellm.in_memory_llm_clients_cache.flush_cache()
 
     start = time.perf_counter()
     try:
@@ -134,12 +151,39 @@ def ours(points: list[DecisionPoint], base_url: str, concurrency: int, cache_dir
     return wall, totals.failed, totals.cached
 
 
+
+class Meter:
+    """Wall, event-loop thread CPU and process CPU of repeated runs, per named line."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {}
+        self.loop: dict[str, list[float]] = {}
+        self.proc: dict[str, list[float]] = {}
+
+    def run(self, name: str, fn: Callable[[], object]) -> Any:
+        loop, proc, start = time.thread_time(), time.process_time(), time.perf_counter()
+        out = fn()
+        self.wall.setdefault(name, []).append(time.perf_counter() - start)
+        self.loop.setdefault(name, []).append(time.thread_time() - loop)
+        self.proc.setdefault(name, []).append(time.process_time() - proc)
+        return out
+
+    def med(self, series: dict[str, list[float]], name: str) -> float:
+        return statistics.median(series[name])
+
+    def paired(self, series: dict[str, list[float]], name: str, base: str) -> float:
+        """Median over rounds of this round's ``name`` / this round's ``base``."""
+        return statistics.median(a / b for a, b in zip(series[name], series[base], strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--states", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.05, help="server delay per answer, seconds")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/cold/warm rounds (median kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median kept)")
+    parser.add_argument("--settings-states", type=int, default=600,
+                        help="states per run of the litellm settings block (0: skip it)")
     args = parser.parse_args()
 
     points = build_points(args.states)
@@ -150,65 +194,67 @@ def main() -> None:
     base_url = server.stdout.readline().strip()
     try:
         with tempfile.TemporaryDirectory(prefix="bclone-bench-") as tmp:
-            # Warm up once (litellm import, first-call initialisation) so that neither side pays it.
+            # Warm up both sides once (litellm import, first-call initialisation) so neither pays it.
             bare(points[:8], base_url, args.concurrency)
-            walls: dict[str, list[float]] = {"bare": [], "tuned": [], "client": [], "cold": [], "warm": [], "off": []}
-            cpus: dict[str, list[float]] = {k: [] for k in walls}
+            ours(points[:8], base_url, args.concurrency, str(Path(tmp) / "warmup"))
+            meter = Meter()
             for r in range(args.rounds):
                 cache_dir = str(Path(tmp) / f"round{r}")
-                cpu = time.thread_time()
-                walls["bare"].append(bare(points, base_url, args.concurrency))
-                cpus["bare"].append(time.thread_time() - cpu)
-                cpu = time.thread_time()
-                walls["tuned"].append(bare(points, base_url, args.concurrency, tuned=True))
-                cpus["tuned"].append(time.thread_time() - cpu)
-                cpu = time.thread_time()
-                walls["client"].append(bare(points, base_url, args.concurrency, tuned=True, client=True))
-                cpus["client"].append(time.thread_time() - cpu)
-                cpu = time.thread_time()
-                cold, failed, cached = ours(points, base_url, args.concurrency, cache_dir)
-                cpus["cold"].append(time.thread_time() - cpu)
+                meter.run("bare", partial(bare, points, base_url, args.concurrency))
+                _, failed, cached = meter.run("cold", partial(ours, points, base_url, args.concurrency, cache_dir))
                 assert failed == 0 and cached == 0, (failed, cached)
-                walls["cold"].append(cold)
-                cpu = time.thread_time()
-                warm, failed, cached = ours(points, base_url, args.concurrency, cache_dir)
-                cpus["warm"].append(time.thread_time() - cpu)
+                _, failed, cached = meter.run("warm", partial(ours, points, base_url, args.concurrency, cache_dir))
                 assert failed == 0 and cached == len(points), (failed, cached)
-                walls["warm"].append(warm)
-                cpu = time.thread_time()
-                off, failed, cached = ours(points, base_url, args.concurrency, cache_dir, "off")
-                cpus["off"].append(time.thread_time() - cpu)
+                _, failed, cached = meter.run("off", partial(ours, points, base_url, args.concurrency, cache_dir, "off"))
                 assert failed == 0 and cached == 0, (failed, cached)
-                walls["off"].append(off)
+            report_main(meter, len(points), args)
+        few = points[: args.settings_states]
+        if few:
+            meter = Meter()
+            for _ in range(args.rounds):
+                meter.run("bare", partial(bare, few, base_url, args.concurrency))
+                for setting in SETTINGS:
+                    meter.run(setting, partial(bare, few, base_url, args.concurrency, setting))
+            report_settings(meter, len(few))
     finally:
         server.stdin.close()
-        requests = server.stdout.readline().strip()
+        print(f"{server.stdout.readline().strip()} requests served in all")
         server.wait(10)
 
-    med = {k: statistics.median(v) for k, v in walls.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
-    paired = statistics.median(c / b for c, b in zip(walls["cold"], walls["bare"], strict=True))
-    ideal = len(points) / args.concurrency * args.latency
-    print(f"{len(points)} states, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms, "
-          f"{args.rounds} rounds (median); ideal wall {ideal:.2f} s; {requests} requests served")
-    print(f"{'run':<28}{'wall s':>9}{'states/s':>11}{'loop cpu s':>12}{'cpu ms/call':>13}   wall of each round")
-    for name, label in (("bare", "bare litellm + semaphore"), ("tuned", "bare litellm, tuned settings"),
-                        ("client", "tuned + reused client="),
-                        ("cold", "run_replay, cold cache"), ("warm", "run_replay, warm cache"),
-                        ("off", "run_replay, cache off")):
-        rounds = ", ".join(f"{w:.2f}" for w in walls[name])
-        per_call = med_cpu[name] / len(points) * 1000
-        print(f"{label:<28}{med[name]:>9.2f}{len(points) / med[name]:>11.0f}{med_cpu[name]:>12.2f}{per_call:>13.2f}"
-              f"   {rounds}")
-    print(f"{'cold / bare, wall':<28}{med['cold'] / med['bare']:>9.3f}x   goal <= 1.10x "
-          f"(median of per-round ratios {paired:.3f}x)")
-    print(f"{'off / bare, wall':<28}{med['off'] / med['bare']:>9.3f}x")
-    print(f"{'cold / bare, loop cpu':<28}{med_cpu['cold'] / med_cpu['bare']:>9.3f}x   (CPU of the event loop "
-          "thread: steadier than wall when other processes share the machine)")
-    print(f"{'tuned / bare, loop cpu':<28}{med_cpu['tuned'] / med_cpu['bare']:>9.3f}x   (the share of litellm's "
-          f"per-call CPU avoidable by these settings: {1 - med_cpu['tuned'] / med_cpu['bare']:.0%})")
-    print(f"{'client / bare, loop cpu':<28}{med_cpu['client'] / med_cpu['bare']:>9.3f}x")
-    print(f"{'cold / warm (speed-up)':<28}{med['cold'] / med['warm']:>9.1f}x   goal >= 20x")
+
+def report_main(meter: Meter, n: int, args: argparse.Namespace) -> None:
+    ideal = n / args.concurrency * args.latency
+    print(f"{n} states, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms, "
+          f"{args.rounds} rounds (median); ideal wall {ideal:.2f} s")
+    print("CPU per call: of the event loop thread (litellm and bclone run there) and of the whole process "
+          "(also litellm's logging threads and the cache's writer threads); the server is another process.")
+    print(f"{'run':<28}{'wall s':>9}{'states/s':>10}{'loop ms/call':>14}{'proc ms/call':>14}   wall of each round")
+    for name, label in (("bare", "bare litellm + semaphore"), ("cold", "run_replay, cold cache"),
+                        ("warm", "run_replay, warm cache"), ("off", "run_replay, cache off")):
+        wall = meter.med(meter.wall, name)
+        rounds = ", ".join(f"{w:.2f}" for w in meter.wall[name])
+        print(f"{label:<28}{wall:>9.2f}{n / wall:>10.0f}{meter.med(meter.loop, name) / n * 1000:>14.3f}"
+              f"{meter.med(meter.proc, name) / n * 1000:>14.3f}   {rounds}")
+    loop_bare, loop_cold = (meter.med(meter.loop, k) / n * 1000 for k in ("bare", "cold"))
+    proc_bare, proc_cold = (meter.med(meter.proc, k) / n * 1000 for k in ("bare", "cold"))
+    print(f"per-call CPU, loop thread: bare litellm {loop_bare:.3f} ms, run_replay cold {loop_cold:.3f} ms "
+          f"(+{loop_cold - loop_bare:.3f} ms): {meter.paired(meter.loop, 'cold', 'bare'):.3f}x   goal <= 1.10x")
+    print(f"per-call CPU, process:     bare litellm {proc_bare:.3f} ms, run_replay cold {proc_cold:.3f} ms "
+          f"(+{proc_cold - proc_bare:.3f} ms): {meter.paired(meter.proc, 'cold', 'bare'):.3f}x")
+    print(f"{'cold / bare, wall':<28}{meter.paired(meter.wall, 'cold', 'bare'):>9.3f}x   goal <= 1.10x "
+          "(median of per-round ratios; wall also counts other processes' load on the machine)")
+    print(f"{'off / bare, wall':<28}{meter.paired(meter.wall, 'off', 'bare'):>9.3f}x")
+    print(f"{'cold / warm (speed-up)':<28}{meter.med(meter.wall, 'cold') / meter.med(meter.wall, 'warm'):>9.1f}x"
+          "   goal >= 20x", flush=True)
+
+
+def report_settings(meter: Meter, k: int) -> None:
+    print(f"\nlitellm settings, each alone against the bare loop ({k} states a run, alternating; "
+          "below 1.00x it saves CPU):")
+    print(f"{'setting':<28}{'loop ms/call':>14}{'proc ms/call':>14}{'loop vs bare':>14}{'proc vs bare':>14}")
+    for name in ("bare", *SETTINGS):
+        print(f"{name:<28}{meter.med(meter.loop, name) / k * 1000:>14.3f}{meter.med(meter.proc, name) / k * 1000:>14.3f}"
+              f"{meter.paired(meter.loop, name, 'bare'):>13.3f}x{meter.paired(meter.proc, name, 'bare'):>13.3f}x")
 
 if __name__ == "__main__":
     main()
