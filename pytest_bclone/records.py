@@ -200,6 +200,11 @@ class Trajectory:
             object.__setattr__(self, "_memo", memo)
         return memo
 
+    def forget_memo(self) -> None:
+        """Drop the :meth:`memo` cache (a scored trajectory's facts are not read again; any later
+        reader derives them afresh, the same values)."""
+        object.__setattr__(self, "_memo", None)
+
     @property
     def tool_names(self) -> frozenset[str]:
         """Names of the tools the agent could call in this trajectory."""

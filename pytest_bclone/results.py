@@ -416,22 +416,45 @@ class StepBlock:
         )
 
     @staticmethod
-    def concat(blocks: Sequence[StepBlock]) -> StepBlock:
-        """One block of ``blocks``' rows, in order (their trajectories disjoint, metrics equal)."""
+    def concat(blocks: Sequence[StepBlock], order: Any | None = None) -> StepBlock:
+        """One block of ``blocks``' rows (their trajectories disjoint, metrics equal): in order, or
+        with ``order`` the rows ``order`` of their concatenation (each trajectory's rows together).
+        Built column by column, so only one column is ever held twice besides the parts."""
         import numpy as np
 
-        if len(blocks) == 1:
+        if len(blocks) == 1 and order is None:
             return blocks[0]
         first = blocks[0]
+        counts = np.concatenate([np.diff(b.starts) for b in blocks])
+        tids = [t for b in blocks for t in b.tids]
+        cohorts = [c for b in blocks for c in b.cohorts]
+        tlist = [b.trajectories for b in blocks]
+        trajs = None if any(t is None for t in tlist) else [x for t in tlist for x in t]  # type: ignore[union-attr]
         offsets = np.cumsum([0] + [len(b) for b in blocks])
-        starts = np.concatenate([[0]] + [b.starts[1:] + off for b, off in zip(blocks, offsets)])
+        where: Any = None
+        if order is not None:
+            order = np.asarray(order, dtype=np.int64)
+            traj = np.repeat(np.arange(len(tids)), counts)[order]
+            seq = traj[np.sort(np.unique(traj, return_index=True)[1])].tolist()  # trajectories as they come
+            tids, cohorts, counts = [tids[t] for t in seq], [cohorts[t] for t in seq], counts[seq]
+            trajs = None if trajs is None else [trajs[t] for t in seq]
+            where = np.empty(int(offsets[-1]), dtype=np.int64)
+            where[order] = np.arange(len(order))
+            order_list = order.tolist()
+
+        def rows(parts: list[Any]) -> Any:
+            if any(p is None for p in parts):
+                return None
+            whole = np.concatenate(parts)
+            return whole if order is None else whole[order]
+
+        def items(parts: list[list[Any]]) -> list[Any]:
+            whole = [x for p in parts for x in p]
+            return whole if order is None else [whole[i] for i in order_list]
 
         def sparse(get: Any) -> dict[int, Any]:
-            return {int(off) + r: v for b, off in zip(blocks, offsets) for r, v in get(b).items()}
-
-        def arrays(get: Any) -> Any:
-            parts = [get(b) for b in blocks]
-            return None if any(p is None for p in parts) else np.concatenate(parts)
+            out = {int(off) + r: v for b, off in zip(blocks, offsets) for r, v in get(b).items()}
+            return out if where is None else dict(sorted((int(where[r]), v) for r, v in out.items()))
 
         # Reasons stay with their own scoring columns: a merged block reads them from its parts.
         reasons = reason_at = None
@@ -443,19 +466,29 @@ class StepBlock:
                 assert at is not None
                 ats.append(np.where(at >= 0, at.astype(np.int64) + (len(flat) << 40), -1))
                 flat.extend(b.reasons.parts if isinstance(b.reasons, _ReasonParts) else [b.reasons])
-            reasons, reason_at = _ReasonParts(flat), np.concatenate(ats)
-        trajs = [b.trajectories for b in blocks]
+            reasons, reason_at = _ReasonParts(flat), rows(ats)
         return StepBlock(
-            [t for b in blocks for t in b.tids], [c for b in blocks for c in b.cohorts], starts,
-            np.concatenate([b.step for b in blocks]), first.metrics,
-            {r: np.concatenate([b.scores[r] for b in blocks]) for r in ROLES},
-            {r: np.concatenate([b.scored[r] for b in blocks]) for r in ROLES},
+            tids, cohorts, np.concatenate([[0], np.cumsum(counts)]), rows([b.step for b in blocks]), first.metrics,
+            {r: rows([b.scores[r] for b in blocks]) for r in ROLES},
+            {r: rows([b.scored[r] for b in blocks]) for r in ROLES},
             {r: sparse(lambda b, r=r: b.errors[r]) for r in ROLES},
-            {r: [a for b in blocks for a in b.actions[r]] for r in ROLES},
-            {r: [c for b in blocks for c in b.calls[r]] for r in ROLES},
-            sparse(lambda b: b.dead), arrays(lambda b: b.ood), arrays(lambda b: b.distance), reasons, reason_at,
-            None if any(t is None for t in trajs) else [x for t in trajs for x in t],  # type: ignore[union-attr]
+            {r: items([b.actions[r] for b in blocks]) for r in ROLES},
+            {r: items([b.calls[r] for b in blocks]) for r in ROLES},
+            sparse(lambda b: b.dead), rows([b.ood for b in blocks]), rows([b.distance for b in blocks]),
+            reasons, reason_at, trajs,
         )
+
+    @staticmethod
+    def merged_key_order(blocks: Sequence[StepBlock]) -> Any | None:
+        """:meth:`key_order` of ``blocks``' concatenation, read from their ids and steps only."""
+        import numpy as np
+
+        index = object.__new__(StepBlock)  # ids, steps and trajectory rows: all key_order reads
+        index.tids = [t for b in blocks for t in b.tids]
+        index.step = np.concatenate([b.step for b in blocks])
+        index.traj = np.repeat(np.arange(len(index.tids), dtype=np.int32),
+                               np.concatenate([np.diff(b.starts) for b in blocks]))
+        return index.key_order()
 
     def key_order(self) -> Any | None:
         """The rows in key order (``<trajectory id>#<step>`` compared as strings, the order of
@@ -482,14 +515,7 @@ class StepBlock:
 
     def reordered(self, rows: Any) -> StepBlock:
         """This block's rows in the order ``rows`` (a permutation that keeps each trajectory's rows together)."""
-        import numpy as np
-
-        traj = self.traj[rows]
-        first = np.unique(traj, return_index=True)[1]
-        seq = traj[np.sort(first)].tolist()  # trajectories in their order of appearance in ``rows``
-        starts = np.concatenate([[0], np.cumsum(np.diff(self.starts)[seq])])
-        trajs = None if self.trajectories is None else [self.trajectories[t] for t in seq]
-        return self.take(rows, [self.tids[t] for t in seq], [self.cohorts[t] for t in seq], starts, trajs)
+        return StepBlock.concat([self], rows)
 
     # -- the xdist channel ----------------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
@@ -710,12 +736,11 @@ class ResultsStore:
             import numpy as np
 
             parts = ([self._table] if self._table is not None else []) + self._pending
-            merged = StepBlock.concat(parts)
-            order = merged.key_order()
-            table = merged if order is None else merged.reordered(order)
-            where = np.arange(len(merged)) if order is None else np.empty(len(merged), dtype=np.int64)
+            order = StepBlock.merged_key_order(parts)
+            table = StepBlock.concat(parts, order)
+            where = np.arange(len(table)) if order is None else np.empty(len(table), dtype=np.int64)
             if order is not None:
-                where[order] = np.arange(len(merged))  # a merged row -> its row in the table
+                where[order] = np.arange(len(table))  # a row of the parts' concatenation -> its row in the table
             offsets = dict(zip(map(id, parts), np.cumsum([0] + [len(p) for p in parts]).tolist()))
             for k, v in self._items.items():
                 if isinstance(v, StepBlock):

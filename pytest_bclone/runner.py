@@ -308,6 +308,10 @@ class Runner:
             None if not flags else np.fromiter((f.distance for f in flags), dtype=np.float64, count=n),
             clone_cols if step_m else None, reason_at, [trajectories[g] for g in kept],
         ))
+        for t in trajectories:
+            # The evaluators' per-trajectory facts served this scoring pass and nothing after it: a
+            # third of what a large gate kept once scored (a reason read later derives them again).
+            t.forget_memo()
         for g, t in enumerate(trajectories):
             first = bounds[g]
             steps = bounds[g + 1] - first

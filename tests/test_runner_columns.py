@@ -141,8 +141,8 @@ def test_step_columns_give_what_the_items_give(tmp_path):
             assert store.cohort_pairs(cohort, "step", "step", metric) == _pairs_from_items(items, cohort, metric)
             assert store.cohort_pairs(cohort, "step", "step", metric, only) == _pairs_from_items(
                 items, cohort, metric, only)
-            worst = sorted(((p[1] - p[0], it.key) for it in items if cohort in it.cohorts
-                            and (p := it.pair(metric)) is not None))[:3]
+            worst = sorted((p[1] - p[0], it.key) for it in items if cohort in it.cohorts
+                            and (p := it.pair(metric)) is not None)[:3]
             got = store.worst_candidates(cohort, "step", "step", metric, 3)
             assert [(it.pair(metric)[1] - it.pair(metric)[0], it.key) for it in got] == worst
     for t in session.runner.eval_trajectories[:5]:
@@ -220,3 +220,11 @@ def test_step_rows_are_in_key_order_with_ten_steps_and_odd_ids():
     store.add_block(odd)
     assert store.step_table() is None
     assert store.items() == sorted(odd.items(), key=lambda it: it.id) and len(store) == len(odd)
+
+
+def test_scored_trajectories_keep_no_evaluator_memo(tmp_path):
+    session = _session(tmp_path, 12)
+    ts = session.runner.eval_trajectories
+    assert ts and all(t._memo is None for t in ts)  # released once scored
+    item = session.store.get(ItemKey("step", "step", f"{ts[2].id}#0"))
+    assert isinstance(item.reason("action_match"), str)  # a reason read later derives them again
