@@ -401,6 +401,25 @@ class _Controller:
             fast_exit(config, int(session.exitstatus))
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # an xdist hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` with xdist's default ``load`` distribution: the tests of cohorts that share
+    trajectories go to one worker (xdist's loadscope, scoped by cohort group), so each trajectory is
+    replayed by one worker, not by every worker whose tests touch it. Other tests keep one scope each."""
+    bsession = config.stash.get(SESSION_KEY, None)
+    if bsession is None or config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    group = bsession.work_group()
+
+    class CohortScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return group(nodeid) or nodeid
+
+    return CohortScheduling(config, log)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     bsession = session.config.stash.get(SESSION_KEY, None)

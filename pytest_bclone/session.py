@@ -176,6 +176,39 @@ class BcloneSession:
         candidates = self.store.worst_candidates(cohort, mode, self.metric_level(metric, mode), metric, k)
         return worst_items(candidates, metric, self.step_items, k)
 
+    def work_group(self) -> Callable[[str], str | None]:
+        """For scheduling tests on xdist workers: a test's node id -> the group of the cohort its
+        parameters name (or of the trajectory a ``bclone_case`` id names), None when they name
+        none. Cohorts that share a trajectory are one group: a worker running a group's tests
+        replays each of its trajectories, and no other worker replays them again."""
+        parent: dict[str, str] = {}
+
+        def find(c: str) -> str:
+            while parent.setdefault(c, c) != c:
+                parent[c] = parent[parent[c]]
+                c = parent[c]
+            return c
+
+        for t in self.eval_trajectories:
+            for c in t.cohorts[1:]:
+                a, b = find(t.cohorts[0]), find(c)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        names = sorted(self.cohorts, key=lambda c: (-len(c), c))  # the longest name first: 'a-b' before 'a'
+
+        def group(nodeid: str) -> str | None:
+            at = nodeid.find("[", nodeid.rfind("::"))
+            if at < 0 or not nodeid.endswith("]"):
+                return None
+            params = f"-{nodeid[at + 1:-1]}-"
+            for c in names:
+                if f"-{c}-" in params:
+                    return f"bclone-cohorts:{find(c)}"
+            t = self.runner.by_id.get(params[1:-1])
+            return f"bclone-cohorts:{find(t.cohorts[0])}" if t is not None and t.cohorts else None
+
+        return group
+
     # -- verdicts ------------------------------------------------------------------------------------
     def record(self, verdict: Verdict, *, mode: str, on_fail: str, test: str, worst: Sequence[Mapping[str, Any]],
                allow_inconclusive: bool = False, remedy: str | None = None) -> RecordedVerdict:

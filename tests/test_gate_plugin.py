@@ -307,6 +307,38 @@ def test_xdist_gives_the_same_verdicts_and_aggregates(gate: pytest.Pytester):
         line for line in plain.stdout.lines if line.startswith("BCLONE GATE:")]
 
 
+def test_xdist_splits_cohorts_between_workers_and_replays_each_trajectory_once(gate: pytest.Pytester):
+    pytest.importorskip("xdist")
+    gate.makepyfile(test_split="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        # cohorts vary fastest: xdist's plain load distribution would hand each worker every cohort
+        @pytest.mark.parametrize("cohort", ["good", "bad", "broken"])
+        @pytest.mark.parametrize("metric", ["action_match", "tool_selection"])
+        def test_parity(cohort, metric):
+            assert_parity(cohort, within=3, metric=metric, on_fail="warn", allow_inconclusive=True)
+
+        def test_plain():
+            pass
+    """)
+    plain = gate.runpytest_subprocess("--bclone-report-json=plain.json", "-p", "no:xdist")
+    serial_calls = sorted((gate.path / "calls.log").read_text().split())
+    (gate.path / "calls.log").unlink()
+    dist = gate.runpytest_subprocess("-n", "2", "--bclone-report-json=dist.json")
+    assert dist.ret == plain.ret
+    dist.assert_outcomes(passed=7)
+    # Each trajectory's states were answered once, by one worker, as in the serial run.
+    assert sorted((gate.path / "calls.log").read_text().split()) == serial_calls
+    a = json.loads((gate.path / "plain.json").read_text())
+    b = json.loads((gate.path / "dist.json").read_text())
+    for report in (a, b):
+        report.pop("created")
+        report["run"].pop("wall_s"), report["run"].pop("phases_s")
+        report["verdicts"].sort(key=lambda r: r["test"])
+    assert a == b
+
+
 def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pytest.Pytester, monkeypatch):
     """--bclone-judge: the judge is a real litellm call to a local OpenAI-compatible server.
 
