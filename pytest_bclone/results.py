@@ -260,6 +260,74 @@ class LazyReasons(Sequence[str]):
         return repr(tuple(self))
 
 
+class ActionColumn(Sequence["Action | None"]):
+    """One role's actions over a block's rows, as codes: ``-1`` no action (a failed call), ``-2``
+    the recording's own action at that row (read from the trajectory when asked), ``k >= 0``
+    ``objects[k]``; ``flags`` says which actions have unparseable arguments. What a block that
+    crossed the xdist channel holds: the controller parses no recorded action it does not show."""
+
+    __slots__ = ("_block", "codes", "flags", "objects")
+
+    def __init__(self, codes: Any, objects: list[Action | None], flags: Any) -> None:
+        self.codes = codes
+        self.objects = objects
+        self.flags = flags
+        self._block: StepBlock | None = None  # the block whose rows these are (set by StepBlock)
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def __getitem__(self, row: Any) -> Any:
+        if isinstance(row, slice):
+            return [self[r] for r in range(len(self))[row]]
+        code = int(self.codes[row])
+        if code >= 0:
+            return self.objects[code]
+        if code == -1:
+            return None
+        block = self._block
+        assert block is not None
+        t = None if block.trajectories is None else block.trajectories[int(block.traj[row])]
+        if t is None:
+            raise KeyError(f"no recorded trajectory for item {block.key(row)}: it is not in this dataset")
+        return t.expert_actions()[int(block.step[row])]
+
+    @staticmethod
+    def of(actions: Sequence[Action | None]) -> ActionColumn:
+        """``actions`` (a plain list, or a column) as a column."""
+        import numpy as np
+
+        if isinstance(actions, ActionColumn):
+            return actions
+        objects = list(actions)
+        codes = np.arange(len(objects), dtype=np.int32)
+        codes[[i for i, a in enumerate(objects) if a is None]] = -1
+        return ActionColumn(codes, objects, _unparseable(objects))
+
+    @staticmethod
+    def concat(parts: Sequence[Sequence[Action | None]], rows: Any | None) -> ActionColumn:
+        """The parts' actions one after the other (``rows``: those rows of that, in that order)."""
+        import numpy as np
+
+        cols = [ActionColumn.of(p) for p in parts]
+        objects: list[Action | None] = []
+        codes = []
+        for c in cols:
+            codes.append(np.where(c.codes >= 0, c.codes + len(objects), c.codes).astype(np.int32))
+            objects.extend(c.objects)
+        all_codes = np.concatenate(codes)
+        flags = np.concatenate([c.flags for c in cols])
+        if rows is not None:
+            all_codes, flags = all_codes[rows], flags[rows]
+        return ActionColumn(all_codes, objects, flags)
+
+
+def _unparseable(actions: Iterable[Action | None]) -> Any:
+    import numpy as np
+
+    return np.fromiter((a is not None and bool(a.tool_calls) and a.unparseable for a in actions), dtype=bool)
+
+
 class StepBlock:
     """Step-mode decision points (mode ``step``, level ``step``), column by column.
 
@@ -285,7 +353,7 @@ class StepBlock:
         scores: dict[str, Any],
         scored: dict[str, Any],
         errors: dict[str, dict[int, str]],
-        actions: dict[str, list[Action | None]],
+        actions: dict[str, Sequence[Action | None]],
         calls: dict[str, list[tuple[CallStats, ...]]],
         dead: dict[int, tuple[str, ...]],
         ood: Any | None = None,
@@ -313,6 +381,9 @@ class StepBlock:
         self.reasons = reasons  # the clone's repeat-0 scoring columns (reasons built from them on demand)
         self.reason_at = reason_at  # int32 (rows,): row -> index in ``reasons``, -1 none
         self.trajectories = trajectories  # the Trajectory of each tid when known (recorded actions on the wire)
+        for column in actions.values():
+            if isinstance(column, ActionColumn):
+                column._block = self
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -389,6 +460,27 @@ class StepBlock:
         v = self.scores["clone"][:, self.metrics.index("action_match")]
         return self.scored["clone"] & (v < 1.0)  # nan < 1 is False, as for a missing score
 
+    def unparseable_count(self, role: str) -> int:
+        """How many of ``role``'s actions have tool-call arguments that are not a JSON object."""
+        column = self.actions[role]
+        flags = column.flags if isinstance(column, ActionColumn) else _unparseable(column)
+        return int(flags.sum())
+
+    def differing_rows(self) -> list[int]:
+        """Rows where the two roles' actions are not the very same object (a recorded action both
+        roles read is the same; so are equal codes of the recording on the wire)."""
+        e, c = self.actions["expert"], self.actions["clone"]
+        if isinstance(e, ActionColumn) and isinstance(c, ActionColumn):
+            import numpy as np
+
+            # Without reading an action: both the recording's own (the same object), both none
+            # (None is None), or objects of the two roles' own tables (compared by identity).
+            same = ((e.codes == -2) & (c.codes == -2)) | ((e.codes == -1) & (c.codes == -1))
+            own = (e.codes >= 0) & (c.codes >= 0)
+            return [r for r in np.flatnonzero(~same).tolist()
+                    if not own[r] or e.objects[e.codes[r]] is not c.objects[c.codes[r]]]
+        return [r for r, (a, b) in enumerate(zip(e, c)) if a is not b]
+
     # -- building ------------------------------------------------------------------------------------
     def take(self, rows: Any, tids: list[str], cohorts: list[tuple[str, ...]], starts: Any,
              trajectories: Sequence[Any] | None) -> StepBlock:
@@ -408,7 +500,8 @@ class StepBlock:
             tids, cohorts, starts, self.step[rows], self.metrics,
             {r: a[rows] for r, a in self.scores.items()}, {r: a[rows] for r, a in self.scored.items()},
             {r: sparse(d) for r, d in self.errors.items()},
-            {r: [a[i] for i in order] for r, a in self.actions.items()},
+            {r: ActionColumn.concat([a], rows) if isinstance(a, ActionColumn) else [a[i] for i in order]
+             for r, a in self.actions.items()},
             {r: [c[i] for i in order] for r, c in self.calls.items()},
             sparse(self.dead),
             None if self.ood is None else self.ood[rows], None if self.distance is None else self.distance[rows],
@@ -448,7 +541,7 @@ class StepBlock:
             whole = np.concatenate(parts)
             return whole if order is None else whole[order]
 
-        def items(parts: list[list[Any]]) -> list[Any]:
+        def items(parts: Sequence[Sequence[Any]]) -> list[Any]:
             whole = [x for p in parts for x in p]
             return whole if order is None else [whole[i] for i in order_list]
 
@@ -472,7 +565,9 @@ class StepBlock:
             {r: rows([b.scores[r] for b in blocks]) for r in ROLES},
             {r: rows([b.scored[r] for b in blocks]) for r in ROLES},
             {r: sparse(lambda b, r=r: b.errors[r]) for r in ROLES},
-            {r: items([b.actions[r] for b in blocks]) for r in ROLES},
+            {r: (ActionColumn.concat([b.actions[r] for b in blocks], order)
+                 if any(isinstance(b.actions[r], ActionColumn) for b in blocks)
+                 else items([b.actions[r] for b in blocks])) for r in ROLES},
             {r: items([b.calls[r] for b in blocks]) for r in ROLES},
             sparse(lambda b: b.dead), rows([b.ood for b in blocks]), rows([b.distance for b in blocks]),
             reasons, reason_at, trajs,
@@ -530,6 +625,8 @@ class StepBlock:
             "ood": None if self.ood is None else self.ood.tobytes(),
             "distance": None if self.distance is None else self.distance.tobytes(),
             "actions": {r: self._wire_actions(r) for r in ROLES},
+            "unparseable": {r: (a.flags if isinstance(a, ActionColumn) else _unparseable(a)).tobytes()
+                            for r, a in self.actions.items()},
             "calls": {r: _wire_table(self.calls[r], lambda calls: [c.to_dict() for c in calls]) for r in ROLES},
         }
         return wire
@@ -576,24 +673,12 @@ class StepBlock:
         metrics = tuple(d["metrics"])
         n, m = len(step), len(metrics)
         trajs = [trajectories.get(t) for t in tids]
-        traj = np.repeat(np.arange(len(tids)), np.diff(starts)).tolist()
-        steps = step.tolist()
 
-        def actions(role: str) -> list[Action | None]:
+        def actions(role: str) -> ActionColumn:
             w = d["actions"][role]
-            table = [Action.from_dict(a) for a in w["table"]]
-            out: list[Action | None] = []
-            for row, code in enumerate(np.frombuffer(w["codes"], dtype=np.int32).tolist()):
-                if code >= 0:
-                    out.append(table[code])
-                elif code == -1:
-                    out.append(None)
-                else:
-                    t = trajs[traj[row]]
-                    if t is None:
-                        raise KeyError(f"a worker's item {tids[traj[row]]}#{steps[row]} is not in this dataset")
-                    out.append(t.expert_actions()[steps[row]])
-            return out
+            return ActionColumn(np.frombuffer(w["codes"], dtype=np.int32).copy(),
+                                [Action.from_dict(a) for a in w["table"]],
+                                np.frombuffer(d["unparseable"][role], dtype=bool).copy())
 
         def calls(role: str) -> list[tuple[CallStats, ...]]:
             w = d["calls"][role]

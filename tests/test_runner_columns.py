@@ -166,9 +166,20 @@ def test_step_blocks_cross_the_xdist_channel_compactly(tmp_path):
     assert all(isinstance(v, (bytes, str, list, dict, int, type(None))) for v in blocks[0].values())
     # the recorded expert's actions travel as references, not as copies
     assert blocks[0]["actions"]["expert"]["table"] == []
+    # The controller loads its own copy of the dataset: no recorded action is parsed to merge,
+    # order, count malformed arguments or find the states where the actions differ.
+    fresh = {t.id: t for t in DatasetStore(str(tmp_path)).load("v1").select("eval")}
     controller = ResultsStore()
-    controller.merge(exported, session.runner.by_id)
-    controller.merge(exported, session.runner.by_id)  # a second worker's copy is kept once
+    controller.merge(exported, fresh)
+    controller.merge(exported, fresh)  # a second worker's copy is kept once
+    table = controller.step_table()
+    assert [table.unparseable_count(r) for r in ("clone", "expert")] == [
+        session.store.step_table().unparseable_count(r) for r in ("clone", "expert")]
+    assert table.differing_rows() == session.store.step_table().differing_rows() != []
+    assert not any(t._actions is not None for t in fresh.values())
+    # Reading one row's action parses that trajectory's recording only.
+    assert table.actions["expert"][0] == session.store.step_table().actions["expert"][0]
+    assert [t.id for t in fresh.values() if t._actions is not None] == [table.tids[0]]
     assert len(controller) == len(session.store)
     # Everything but the reasons (read on the worker that scored them) arrives unchanged.
     assert [replace(it, clone_reasons=()) for it in controller.items()] == [

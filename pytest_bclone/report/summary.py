@@ -123,7 +123,7 @@ def _malformed(store: ResultsStore) -> dict[str, int]:
     table = store.step_table()
     if table is not None:
         for role in ROLES:
-            out[role] += sum(1 for a in table.actions[role] if a is not None and a.tool_calls and a.unparseable)
+            out[role] += table.unparseable_count(role)
     for it in store.items() if table is None else store.items_outside_steps():
         for role in ROLES:
             if it.level == "step":
@@ -440,8 +440,8 @@ def _confusions(step_items: Iterable[Any]) -> list[dict[str, Any]]:
 def _confusions_columns(table: StepBlock) -> list[dict[str, Any]]:
     """:func:`_confusions` over the table's actions (the same counts): a state where both agents
     took the very same action confuses nothing, and needs no item."""
-    pairs = [(e, c) for e, c in zip(table.actions["expert"], table.actions["clone"]) if e is not c]
-    return _confusions(_ActionPair(e, c) for e, c in pairs)
+    e, c = table.actions["expert"], table.actions["clone"]
+    return _confusions(_ActionPair(e[r], c[r]) for r in table.differing_rows())
 
 
 class _ActionPair:
