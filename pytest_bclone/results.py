@@ -980,7 +980,11 @@ class ResultsStore:
         (:meth:`StepBlock.to_wire`): what a worker ships to the controller, in storing order."""
         table = self.step_table()
         out: list[dict[str, Any]] = [] if table is None else [table.to_wire()]
-        return out + [v.to_dict() for v in self._items.values() if isinstance(v, Item)]
+        # Reasons not yet built stay behind: they are read where the items were scored (a worker's
+        # assertions show its worst items), never by the controller, and building them all cost
+        # a re-scoring of every trajectory.
+        return out + [(replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()
+                      for v in self._items.values() if isinstance(v, Item)]
 
     def merge(self, rows: Iterable[Mapping[str, Any]], trajectories: Mapping[str, Any] | None = None) -> None:
         """Add a worker's items. Items are deterministic, so one worker's copy is as good as another's:
