@@ -17,7 +17,7 @@ Pure: no pytest, no litellm, no pyarrow.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -624,14 +624,16 @@ class StepBlock:
             "dead": [[i, list(d)] for i, d in self.dead.items()],
             "ood": None if self.ood is None else self.ood.tobytes(),
             "distance": None if self.distance is None else self.distance.tobytes(),
-            "actions": {r: self._wire_actions(r) for r in ROLES},
+            # The expert's action travels itself where the clone's differs (the controller's
+            # confusion table reads those), by reference elsewhere.
+            "actions": {r: self._wire_actions(r, set(self.differing_rows()) if r == "expert" else ()) for r in ROLES},
             "unparseable": {r: (a.flags if isinstance(a, ActionColumn) else _unparseable(a)).tobytes()
                             for r, a in self.actions.items()},
             "calls": {r: _wire_table(self.calls[r], lambda calls: [c.to_dict() for c in calls]) for r in ROLES},
         }
         return wire
 
-    def _wire_actions(self, role: str) -> dict[str, Any]:
+    def _wire_actions(self, role: str, inline: Collection[int] = ()) -> dict[str, Any]:
         import numpy as np
 
         actions = self.actions[role]
@@ -647,7 +649,7 @@ class StepBlock:
                     codes[row] = -1
                     continue
                 step = int(self.step[row])
-                if step < len(own) and own[step] is a:
+                if step < len(own) and own[step] is a and row not in inline:
                     codes[row] = -2  # the recording's own action: the controller has it
                     continue
                 try:
