@@ -378,7 +378,9 @@ class _Controller:
 
     @pytest.hookimpl(optionalhook=True)  # an xdist hook: absent under -p no:xdist
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        data = getattr(node, "workeroutput", {}).get("bclone")
+        # Taken, not read: once merged, the worker's shipped columns are garbage (xdist keeps the
+        # node's output to the end of the run; a large gate's would double the controller's peak).
+        data = getattr(node, "workeroutput", {}).pop("bclone", None)
         if data:
             self.session.merge(data)
 

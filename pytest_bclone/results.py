@@ -16,6 +16,7 @@ Pure: no pytest, no litellm, no pyarrow.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -617,8 +618,9 @@ class StepBlock:
         """A compact JSON-free form for the xdist channel: arrays as bytes, each distinct action and
         call-figure tuple once, a recorded expert action by reference (the controller reads its own copy)."""
         wire: dict[str, Any] = {
-            "block": 1, "tids": self.tids, "starts": self.starts.tobytes(), "step": self.step.tobytes(),
-            "metrics": list(self.metrics), "cohorts": [list(c) for c in self.cohorts],
+            # Per-trajectory lists as JSON text: one object on the channel, not one per trajectory.
+            "block": 1, "tids": json.dumps(self.tids), "starts": self.starts.tobytes(), "step": self.step.tobytes(),
+            "metrics": list(self.metrics), "cohorts": json.dumps(self.cohorts),
             "scores": {r: self.scores[r].tobytes() for r in ROLES}, "scored": {r: self.scored[r].tobytes() for r in ROLES},
             "errors": {r: [[i, e] for i, e in self.errors[r].items()] for r in ROLES},
             "dead": [[i, list(d)] for i, d in self.dead.items()],
@@ -669,7 +671,7 @@ class StepBlock:
         """The block :meth:`to_wire` shipped; ``trajectories`` (id -> Trajectory) give the recorded actions."""
         import numpy as np
 
-        tids = list(d["tids"])
+        tids = list(json.loads(d["tids"]))
         starts = np.frombuffer(d["starts"], dtype=np.int64).copy()
         step = np.frombuffer(d["step"], dtype=np.int32).copy()
         metrics = tuple(d["metrics"])
@@ -688,7 +690,7 @@ class StepBlock:
             return [table[c] for c in np.frombuffer(w["codes"], dtype=np.int32).tolist()]
 
         return cls(
-            tids, [tuple(c) for c in d["cohorts"]], starts, step, metrics,
+            tids, [tuple(c) for c in json.loads(d["cohorts"])], starts, step, metrics,
             {r: np.frombuffer(d["scores"][r], dtype=np.float64).reshape(n, m).copy() for r in ROLES},
             {r: np.frombuffer(d["scored"][r], dtype=bool).copy() for r in ROLES},
             {r: {int(i): str(e) for i, e in d["errors"][r]} for r in ROLES},
@@ -985,8 +987,11 @@ class ResultsStore:
         # Reasons not yet built stay behind: they are read where the items were scored (a worker's
         # assertions show its worst items), never by the controller, and building them all cost
         # a re-scoring of every trajectory.
-        return out + [(replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()
-                      for v in self._items.values() if isinstance(v, Item)]
+        items = [(replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()
+                 for v in self._items.values() if isinstance(v, Item)]
+        # The items as one JSON text: xdist's channel serialises each Python object it carries one
+        # by one, which for a large gate's trajectory items cost more memory than the items.
+        return [*out, {"items_json": json.dumps(items)}] if items else out
 
     def merge(self, rows: Iterable[Mapping[str, Any]], trajectories: Mapping[str, Any] | None = None) -> None:
         """Add a worker's items. Items are deterministic, so one worker's copy is as good as another's:
@@ -995,6 +1000,9 @@ class ResultsStore:
         import numpy as np
 
         for row in rows:
+            if "items_json" in row:
+                self.merge(json.loads(row["items_json"]), trajectories)
+                continue
             if row.get("block"):
                 block = StepBlock.from_wire(row, trajectories or {})
                 keep = [t for t, tid in enumerate(block.tids)
