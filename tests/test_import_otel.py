@@ -485,3 +485,15 @@ def test_genai_json_attributes_stored_as_nested_objects(traces: dict[str, Path],
     assert skipped == []
     assert {r["id"]: (essence(r["messages"]), r["tools"]) for r in rows} == \
         {r["id"]: (essence(r["messages"]), r["tools"]) for r in want}
+
+
+@pytest.mark.parametrize("span_id", ["0XZ8RwHRBAw=", "0xZ8RwHRBAw=", "0xAAAAAAAAA="])
+def test_a_base64_id_that_begins_like_a_hex_prefix_is_read_as_base64(span_id: str) -> None:
+    """One random span id in about a thousand has a base64 text beginning "0x" or "0X": the prefix
+    is hex's only when hex follows (this failed an import of real traces once)."""
+    import base64
+
+    from pytest_bclone.dataset.otel.spans import normalise_id
+
+    assert normalise_id(span_id, 8) == base64.b64decode(span_id).hex()
+    assert normalise_id("0x00F067AA0BA902B7", 8) == "00f067aa0ba902b7"  # a real 0x prefix still works

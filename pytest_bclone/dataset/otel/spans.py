@@ -227,13 +227,14 @@ def normalise_id(value: Any, nbytes: int) -> str:
         return bytes(value).hex()
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:0{nbytes * 2}x}"
-    text = str(value).strip()
-    if text.lower().startswith("0x"):
-        text = text[2:]
+    whole = str(value).strip()
+    # A "0x" prefix only when hex follows: a base64 id may itself begin with "0x" or "0X"
+    # (one span id in 1,024 does), and must then be read as base64, whole.
+    text = whole[2:] if whole.lower().startswith("0x") and _HEX.match(whole[2:]) else whole
     if len(text) == nbytes * 2 and _HEX.match(text):
         return text.lower()
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64.b64decode(whole, validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) == nbytes:
