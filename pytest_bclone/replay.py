@@ -708,14 +708,22 @@ class _Box:
     restoring the SIGINT handler repr's the main task, result included (seconds for a million
     replies)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("interrupt", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, interrupt: BaseException | None = None) -> None:
         self.value = value
+        self.interrupt = interrupt
 
 
 async def _boxed(coro: Coroutine[Any, Any, T]) -> _Box:
-    return _Box(await coro)
+    try:
+        return _Box(await coro)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # A signal (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by signals.py) raised inside
+        # the task: carried out as a value so the task ends with its exception retrieved. Raised
+        # through the loop instead, it left the task holding it, and asyncio printed "Task
+        # exception was never retrieved" with a traceback into an interrupted run's output.
+        return _Box(None, exc)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -727,4 +735,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     else:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool:
             box = pool.submit(asyncio.run, _boxed(coro)).result()
+    if box.interrupt is not None:
+        raise box.interrupt
     return box.value  # type: ignore[no-any-return]
