@@ -505,17 +505,10 @@ def _item(
     **extra: Any,
 ) -> Item:
     """Fold a role's per-repeat scores into one score per metric and build the item."""
-    scores: dict[str, tuple[float, ...] | None] = {}
-    reasons: tuple[str, ...] = ()
-    for role in ROLES:
-        reps = per_repeat[role]
-        if errors[role] is not None or not reps or any(r is None for r in reps):
-            scores[role] = None
-            continue
-        full = [r for r in reps if r is not None]
-        scores[role] = _fold([tuple(r[m].value for m in metrics) for r in full], metrics, binary)
-        if role == "clone":
-            reasons = tuple(full[0][m].reason for m in metrics)
+    scores = {role: _role_scores([None if r is None else tuple(r[m].value for m in metrics)
+                                  for r in per_repeat[role]], errors[role], metrics, binary) for role in ROLES}
+    first = per_repeat["clone"][0] if per_repeat["clone"] else None
+    reasons = tuple(first[m].reason for m in metrics) if scores["clone"] is not None and first is not None else ()
     return Item(key, trajectory_id, step, tuple(cohorts), metrics, scores["clone"], scores["expert"],
                 reasons, errors["clone"], errors["expert"], **extra)
 

@@ -73,18 +73,24 @@ def _sigterm_mid_replay(pytester: pytest.Pytester, *args: str) -> tuple[subproce
     return proc, out, server
 
 
+def _assert_gone_and_quiet(proc: subprocess.Popen[str] | subprocess.Popen[bytes], server: OpenAIServer,
+                           alive: str) -> int:
+    """Every process of the run's group is gone within 10 s, and no model call follows for 1.5 s;
+    returns the requests the server had by then."""
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), alive
+    sent = server.request_count
+    time.sleep(1.5)
+    assert server.request_count == sent, f"{server.request_count - sent} calls after the run ended"
+    return sent
+
+
 def _assert_stopped_and_reported_incomplete(pytester: pytest.Pytester, proc: subprocess.Popen[str], out: str,
                                             server: OpenAIServer) -> None:
     try:
-        # Every process of the run is gone within a few seconds of the controller's exit...
-        deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _group_alive(proc.pid), "a worker outlived its controller"
-        # ...and nothing calls the model any more.
-        sent = server.request_count
-        time.sleep(1.5)
-        assert server.request_count == sent, f"{server.request_count - sent} calls after the run ended"
+        sent = _assert_gone_and_quiet(proc, server, "a worker outlived its controller")
         assert sent < 2 * (16 + 12 + 3), "the run was not interrupted mid-replay"
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -128,13 +134,7 @@ def test_a_worker_whose_controller_is_killed_stops_calling(pytester: pytest.Pyte
             time.sleep(0.05)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _group_alive(proc.pid), "an orphaned worker is still running"
-        sent = server.request_count
-        time.sleep(1.5)
-        assert server.request_count == sent
+        _assert_gone_and_quiet(proc, server, "an orphaned worker is still running")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
