@@ -879,14 +879,16 @@ class ResultsStore:
         """Every item held as a record (all but the step-mode decision points in columns), in key order."""
         return sorted((v for v in self._items.values() if isinstance(v, Item)), key=lambda it: it.id)
 
-    def cohort_items(self, cohort: str, mode: str, level: str) -> list[Item]:
-        """Items of ``cohort`` in ``mode`` at ``level``, in key order."""
+    def cohort_items(self, cohort: str, mode: str, level: str, only: set[str] | None = None) -> list[Item]:
+        """Items of ``cohort`` in ``mode`` at ``level``, in key order (``only``: of those trajectories;
+        the others' items are not built)."""
         table = self.step_table()
         if (mode, level) == _STEP and table is not None:
             import numpy as np
 
-            return table.items(np.flatnonzero(table.cohort_mask(cohort)).tolist())
-        return [it for it in self.items(mode, level) if cohort in it.cohorts]
+            return table.items(np.flatnonzero(table.cohort_mask(cohort, only)).tolist())
+        return [it for it in self.items(mode, level)
+                if cohort in it.cohorts and (only is None or it.trajectory_id in only)]
 
     def cohort_pairs(self, cohort: str, mode: str, level: str, metric: str, only: set[str] | None = None
                      ) -> tuple[list[float], list[float], list[str], int]:
@@ -904,7 +906,7 @@ class ResultsStore:
             tids = table.tids
             return (e[sel].tolist(), c[sel].tolist(), [tids[t] for t in table.traj[sel].tolist()],
                     int(np.count_nonzero(rows)))
-        items = [it for it in self.cohort_items(cohort, mode, level) if only is None or it.trajectory_id in only]
+        items = self.cohort_items(cohort, mode, level, only)
         scored = [(it, p) for it in items if (p := it.pair(metric)) is not None]
         return [p[0] for _, p in scored], [p[1] for _, p in scored], [it.trajectory_id for it, _ in scored], len(items)
 

@@ -92,9 +92,8 @@ def sequential_parity(session: BcloneSession, cohort: str, within: float, metric
         seen |= ids
         session.ensure_judged(cohort, metric)  # judges the items replayed so far
         units: dict[str, list[tuple[float, float] | None]] = {}
-        for item in session.cohort_items(cohort, metric, mode):
-            if item.trajectory_id in ids:
-                units.setdefault(item.trajectory_id, []).append(item.pair(metric))
+        for item in session.cohort_items(cohort, metric, mode, only=ids):  # this round's items only
+            units.setdefault(item.trajectory_id, []).append(item.pair(metric))
         diffs, regressions = [], []
         for tid in sorted(units):
             pairs = units[tid]

@@ -127,9 +127,10 @@ class BcloneSession:
     def metric_level(self, metric: str, mode: str) -> str:
         return self.runner.metric_level(metric, mode)
 
-    def cohort_items(self, cohort: str, metric: str, mode: str) -> list[Item]:
-        """Items of ``cohort`` that ``metric`` scores in ``mode``, in a stable order."""
-        return self.store.cohort_items(cohort, mode, self.metric_level(metric, mode))
+    def cohort_items(self, cohort: str, metric: str, mode: str, only: set[str] | None = None) -> list[Item]:
+        """Items of ``cohort`` that ``metric`` scores in ``mode``, in a stable order (``only``: of
+        those trajectories)."""
+        return self.store.cohort_items(cohort, mode, self.metric_level(metric, mode), only)
 
     def step_items(self, trajectory_id: str) -> list[Item]:
         """The step-mode items of one trajectory, in step order."""
