@@ -235,6 +235,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             cohorts.clear()
 
 
+@pytest.hookimpl(tryfirst=True)  # an xdist worker: before xdist's own sends collectionfinish to the controller
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The gate tests of the run (after deselection): each must end with a verdict or pass, or its
     # cohort is MISSING and the gate blocks. Every xdist worker collects them all and ships them.
@@ -243,11 +244,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     from .gate import GateTest
 
+    cohorts: dict[str, str | None] = {}
     for item in session.items:
         marker = item.get_closest_marker("bclone")
+        cohort = marker.kwargs.get("cohort") if marker is not None else None
+        cohorts[item.nodeid] = cohort if isinstance(cohort, str) else None
         if marker is not None:
-            cohort = marker.kwargs.get("cohort")
-            bsession.gate_tests[item.nodeid] = GateTest(item.nodeid, cohort if isinstance(cohort, str) else None)
+            bsession.gate_tests[item.nodeid] = GateTest(item.nodeid, cohorts[item.nodeid])
+    path = getattr(session.config, "workerinput", {}).get(GROUPS_INPUT)
+    if path:
+        _write_groups(str(path), *bsession.work_groups(cohorts))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -403,21 +409,120 @@ class _Controller:
             fast_exit(config, int(session.exitstatus))
 
 
+# -- xdist scheduling: the tests of a cohort group on one worker ------------------------------------------
+GROUPS_INPUT = "bclone_groups"
+"""``workerinput`` key: the file where a worker writes its tests' cohort groups (the controller sees
+only node ids; a cohort named only by ``@pytest.mark.bclone`` is in no node id)."""
+GROUPS_DIR_KEY = pytest.StashKey[str]()
+
+
+def _write_groups(path: str, groups: dict[str, str], weights: dict[str, int]) -> None:
+    """Write a worker's {node id: cohort group} and {group: weight} for the controller's scheduler,
+    whole or not at all (renamed into place: the controller never reads half a file)."""
+    import json
+
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump({"groups": groups, "weights": weights}, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def _read_groups(directory: str) -> tuple[dict[str, str], dict[str, int]] | None:
+    """Every worker's written groups, merged (workers collect the same tests); None when none wrote."""
+    import json
+
+    groups: dict[str, str] = {}
+    weights: dict[str, int] = {}
+    found = False
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        found = True
+        groups.update(data.get("groups") or {})
+        for g, w in (data.get("weights") or {}).items():
+            weights[g] = max(weights.get(g, 0), int(w))
+    return (groups, weights) if found else None
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook (controller, once per worker started)
+def pytest_configure_node(node: Any) -> None:
+    """Tell each worker where to write its tests' cohort groups (:data:`GROUPS_INPUT`)."""
+    config = node.config
+    if not config.stash[CONFIG_KEY].active:
+        return
+    directory = config.stash.get(GROUPS_DIR_KEY, None)
+    if directory is None:
+        import shutil
+        import tempfile
+
+        directory = config.stash[GROUPS_DIR_KEY] = tempfile.mkdtemp(prefix="bclone-groups-")
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+    node.workerinput[GROUPS_INPUT] = os.path.join(directory, f"{node.gateway.id}.json")
+
+
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # an xdist hook: absent under -p no:xdist
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``-n N`` with xdist's default ``load`` distribution: the tests of cohorts that share
     trajectories go to one worker (xdist's loadscope, scoped by cohort group), so each trajectory is
-    replayed by one worker, not by every worker whose tests touch it. Other tests keep one scope each."""
+    replayed by one worker, not by every worker whose tests touch it. Other tests keep one scope each.
+
+    The groups come from the workers (:func:`pytest_collection_finish` writes each test's, from its
+    marker and its parameter ids, where :func:`pytest_configure_node` said), read once all workers
+    collected; without them, from the node ids alone (:meth:`BcloneSession.work_group`). The
+    heaviest group (most decision points) is handed out first, and a worker's second group at the
+    start goes to the least loaded worker, so the replay splits as evenly as whole groups allow."""
     bsession = config.stash.get(SESSION_KEY, None)
     if bsession is None or config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
-    group = bsession.work_group()
+    directory = config.stash.get(GROUPS_DIR_KEY, None)
+    fallback = bsession.work_group
 
     class CohortScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self.groups: dict[str, str] | None = None
+            self.weights: dict[str, int] = {}
+            self.starting = False
+
         def _split_scope(self, nodeid: str) -> str:
-            return group(nodeid) or nodeid
+            if self.groups is None:  # first asked in schedule(), once every worker has collected
+                written = _read_groups(directory) if directory else None
+                if written is None:
+                    group = fallback()
+                    self.groups = {n: g for n in self.collection or () if (g := group(n))}
+                else:
+                    self.groups, self.weights = written
+            return self.groups.get(nodeid) or nodeid
+
+        def _load(self, node: Any) -> int:
+            return sum(self.weights.get(scope, 0) for scope, unit in self.assigned_work.get(node, {}).items()
+                       if not all(unit.values()))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # The heaviest waiting group first (first in collection order among equals).
+            heaviest = max(self.workqueue, key=lambda scope: self.weights.get(scope, 0), default=None)
+            if heaviest is not None and self.weights.get(heaviest, 0) > 0:
+                self.workqueue.move_to_end(heaviest, last=False)
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node: Any) -> None:
+            # xdist gives every worker a second unit at the start; only the least loaded gets it.
+            if self.starting and self.weights and self._load(node) > min(self._load(n) for n in self.nodes):
+                return
+            super()._reschedule(node)
+
+        def schedule(self) -> None:
+            self.starting = self.collection is None
+            try:
+                super().schedule()
+            finally:
+                self.starting = False
 
     return CohortScheduling(config, log)
 

@@ -177,11 +177,9 @@ class BcloneSession:
         candidates = self.store.worst_candidates(cohort, mode, self.metric_level(metric, mode), metric, k)
         return worst_items(candidates, metric, self.step_items, k)
 
-    def work_group(self) -> Callable[[str], str | None]:
-        """For scheduling tests on xdist workers: a test's node id -> the group of the cohort its
-        parameters name (or of the trajectory a ``bclone_case`` id names), None when they name
-        none. Cohorts that share a trajectory are one group: a worker running a group's tests
-        replays each of its trajectories, and no other worker replays them again."""
+    def _cohort_union(self) -> tuple[Callable[[str], str], Callable[[str, str], None]]:
+        """Union-find over the evaluated cohorts, seeded with the dataset's overlaps: (find, union).
+        Cohorts that share a trajectory are one set (their tests must replay on one worker)."""
         parent: dict[str, str] = {}
 
         def find(c: str) -> str:
@@ -190,25 +188,75 @@ class BcloneSession:
                 c = parent[c]
             return c
 
+        def union(a: str, b: str) -> None:
+            a, b = find(a), find(b)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+
         for t in self.eval_trajectories:
             for c in t.cohorts[1:]:
-                a, b = find(t.cohorts[0]), find(c)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
+                union(t.cohorts[0], c)
+        return find, union
+
+    def _id_cohort(self) -> Callable[[str], str | None]:
+        """A test's node id -> the cohort its parameter ids name (or the first cohort of the
+        trajectory a ``bclone_case`` id names); None when they name none."""
         names = sorted(self.cohorts, key=lambda c: (-len(c), c))  # the longest name first: 'a-b' before 'a'
 
-        def group(nodeid: str) -> str | None:
+        def cohort(nodeid: str) -> str | None:
             at = nodeid.find("[", nodeid.rfind("::"))
             if at < 0 or not nodeid.endswith("]"):
                 return None
             params = f"-{nodeid[at + 1:-1]}-"
             for c in names:
                 if f"-{c}-" in params:
-                    return f"bclone-cohorts:{find(c)}"
+                    return c
             t = self.runner.by_id.get(params[1:-1])
-            return f"bclone-cohorts:{find(t.cohorts[0])}" if t is not None and t.cohorts else None
+            return t.cohorts[0] if t is not None and t.cohorts else None
+
+        return cohort
+
+    def work_group(self) -> Callable[[str], str | None]:
+        """For scheduling tests on xdist workers from node ids alone (what the controller sees when
+        no worker sent :meth:`work_groups`): a test's node id -> the group of the cohort its
+        parameters name (or of the trajectory a ``bclone_case`` id names), None when they name
+        none. Cohorts that share a trajectory are one group: a worker running a group's tests
+        replays each of its trajectories, and no other worker replays them again."""
+        find, _ = self._cohort_union()
+        named = self._id_cohort()
+
+        def group(nodeid: str) -> str | None:
+            c = named(nodeid)
+            return None if c is None else f"bclone-cohorts:{find(c)}"
 
         return group
+
+    def work_groups(self, tests: Mapping[str, str | None]) -> tuple[dict[str, str], dict[str, int]]:
+        """For scheduling tests on xdist workers, from a worker's collection (node id -> the cohort
+        its ``@pytest.mark.bclone`` names, or None): (node id -> group, group -> weight).
+
+        A test's cohorts are its marker's and the one its parameter ids name (:meth:`work_group`);
+        cohorts that share a trajectory, or that one test names together, are one group, so each
+        trajectory is replayed by the one worker that runs the group. A group's weight is its
+        decision points (what replaying it costs, for balancing the workers). Tests that name no
+        evaluated cohort are left out (each is its own scope)."""
+        find, union = self._cohort_union()
+        named = self._id_cohort()
+        known = set(self.cohorts)
+        first: dict[str, str] = {}
+        for nodeid, marker_cohort in tests.items():
+            cohorts = [c for c in (marker_cohort, named(nodeid)) if c is not None and c in known]
+            if cohorts:
+                first[nodeid] = cohorts[0]
+                if len(cohorts) == 2:
+                    union(*cohorts)
+        groups = {nodeid: f"bclone-cohorts:{find(c)}" for nodeid, c in first.items()}
+        used = set(groups.values())
+        weights: dict[str, int] = {}
+        for t in self.eval_trajectories:
+            if t.cohorts and (g := f"bclone-cohorts:{find(t.cohorts[0])}") in used:
+                weights[g] = weights.get(g, 0) + len(t.assistant_indexes())
+        return groups, weights
 
     # -- verdicts ------------------------------------------------------------------------------------
     def record(self, verdict: Verdict, *, mode: str, on_fail: str, test: str, worst: Sequence[Mapping[str, Any]],

@@ -307,6 +307,27 @@ def test_xdist_gives_the_same_verdicts_and_aggregates(gate: pytest.Pytester):
         line for line in plain.stdout.lines if line.startswith("BCLONE GATE:")]
 
 
+def _serial_then_two_workers(gate: pytest.Pytester, passed: int) -> None:
+    """Run the gate serially, then under ``-n 2``: each trajectory's states are answered as often as
+    serially (once: by one worker, never by two), and the JSON reports are the same."""
+    plain = gate.runpytest_subprocess("--bclone-report-json=plain.json", "-p", "no:xdist")
+    plain.assert_outcomes(passed=passed)
+    serial_calls = sorted((gate.path / "calls.log").read_text().split())  # a trajectory id per state answered
+    assert serial_calls
+    (gate.path / "calls.log").unlink()
+    dist = gate.runpytest_subprocess("-n", "2", "--bclone-report-json=dist.json")
+    assert dist.ret == plain.ret
+    dist.assert_outcomes(passed=passed)
+    assert sorted((gate.path / "calls.log").read_text().split()) == serial_calls
+    a = json.loads((gate.path / "plain.json").read_text())
+    b = json.loads((gate.path / "dist.json").read_text())
+    for report in (a, b):
+        report.pop("created")
+        report["run"].pop("wall_s"), report["run"].pop("phases_s")
+        report["verdicts"].sort(key=lambda r: r["test"])
+    assert a == b
+
+
 def test_xdist_splits_cohorts_between_workers_and_replays_each_trajectory_once(gate: pytest.Pytester):
     pytest.importorskip("xdist")
     gate.makepyfile(test_split="""
@@ -322,21 +343,62 @@ def test_xdist_splits_cohorts_between_workers_and_replays_each_trajectory_once(g
         def test_plain():
             pass
     """)
-    plain = gate.runpytest_subprocess("--bclone-report-json=plain.json", "-p", "no:xdist")
-    serial_calls = sorted((gate.path / "calls.log").read_text().split())
-    (gate.path / "calls.log").unlink()
-    dist = gate.runpytest_subprocess("-n", "2", "--bclone-report-json=dist.json")
-    assert dist.ret == plain.ret
-    dist.assert_outcomes(passed=7)
-    # Each trajectory's states were answered once, by one worker, as in the serial run.
-    assert sorted((gate.path / "calls.log").read_text().split()) == serial_calls
-    a = json.loads((gate.path / "plain.json").read_text())
-    b = json.loads((gate.path / "dist.json").read_text())
-    for report in (a, b):
-        report.pop("created")
-        report["run"].pop("wall_s"), report["run"].pop("phases_s")
-        report["verdicts"].sort(key=lambda r: r["test"])
-    assert a == b
+    _serial_then_two_workers(gate, passed=7)
+
+
+# Each cohort's tests only in the module's marker: no node id names a cohort or a trajectory. Two
+# tests per cohort, so without the workers' groups xdist's scheduler may give them to two workers.
+MARKER_ONLY = {
+    f"test_{cohort}": f"""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        pytestmark = pytest.mark.bclone(cohort="{cohort}")
+
+        def test_action_match():
+            assert_parity("{cohort}", within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+
+        def test_tool_selection():
+            assert_parity("{cohort}", within=3, metric="tool_selection", on_fail="warn", allow_inconclusive=True)
+    """
+    for cohort in ("good", "bad", "broken")
+}
+
+
+def test_xdist_marker_only_cohorts_run_on_one_worker_and_each_state_is_answered_once(gate: pytest.Pytester):
+    pytest.importorskip("xdist")
+    gate.makepyfile(**MARKER_ONLY)
+    # With two workers replaying one cohort, that cohort's states would be answered twice.
+    _serial_then_two_workers(gate, passed=6)
+
+
+def test_xdist_a_test_naming_two_cohorts_joins_their_groups(gate: pytest.Pytester):
+    pytest.importorskip("xdist")
+    # test_pair's marker names 'good', its parameter 'bad': both cohorts' tests go to one worker,
+    # so neither cohort is replayed on two workers (test_pair asserts on both).
+    gate.makepyfile(test_pair="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        @pytest.mark.bclone(cohort="good")
+        @pytest.mark.parametrize("cohort", ["bad"])
+        def test_pair(cohort):
+            assert_parity("good", within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+            assert_parity(cohort, within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+
+        @pytest.mark.bclone(cohort="good")
+        def test_good():
+            assert_parity("good", within=3, metric="tool_selection", on_fail="warn", allow_inconclusive=True)
+
+        @pytest.mark.bclone(cohort="bad")
+        def test_bad():
+            assert_parity("bad", within=3, metric="tool_selection", on_fail="warn", allow_inconclusive=True)
+
+        @pytest.mark.bclone(cohort="broken")
+        def test_broken():
+            assert_parity("broken", within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+    """)
+    _serial_then_two_workers(gate, passed=4)
 
 
 def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pytest.Pytester, monkeypatch):
