@@ -14,13 +14,15 @@ and prints wall, CPU, peak RSS, decision points per second end to end, the ratio
 baseline, and the gate's own phase split from its report (``run.phases_s``: load, replay,
 scoring, shift check, statistics, report; ``rest`` is the wall time no phase covers: collection,
 pytest's hooks, teardown and exit). Under ``-n 2`` the phases are the workers' seconds of work,
-summed, so no ``rest`` is shown. The machine may be shared: compare CPU seconds and peak RSS.
+summed, so no ``rest`` is shown; below each ``-n 2`` run, its wall, CPU and peak against the serial
+run of the same tree in this run (>1x: slower or larger than serial), and the peak RSS of each
+process (the controller's, each worker's). The machine may be shared: compare CPU seconds and peak RSS.
 
     python bench/scale.py [--sizes 10000,100000,1000000] [--xdist] [--before DIR]
 
 ``--before DIR`` also runs the gate from an older source tree (e.g. ``git worktree add DIR <commit>``,
 or ``git archive <commit> | tar -x -C DIR``), put first on ``PYTHONPATH``, beside this one on the
-same dataset in the same run: the before/after figures of a change.
+same dataset in the same run (with ``--xdist``, under ``-n 2`` too): the before/after figures of a change.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STEPS = 10
@@ -128,17 +131,42 @@ def build(root: Path, trajectories: int) -> None:
     subprocess.run([sys.executable, "-c", BUILD, str(root), str(trajectories)], check=True)
 
 
-def measured(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, float | str]:
-    """Run ``cmd`` under a tiny wrapper that reports the child's own rusage (os.wait4)."""
+def measured(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` under a tiny wrapper that reports the child's own rusage (os.wait4), and the peak
+    RSS of each process of its tree (polled: under ``-n 2``, the controller's and each worker's)."""
     wrapper = textwrap.dedent("""
-        import json, os, subprocess, sys, time
+        import json, os, subprocess, sys, threading, time
         t = time.perf_counter()
         p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        peaks = {}
+
+        def tree(pid, depth=0):
+            yield pid, depth
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        for child in f.read().split():
+                            yield from tree(int(child), depth + 1)
+            except OSError:
+                pass
+
+        def poll():
+            while p.poll() is None:
+                for pid, depth in list(tree(p.pid)):
+                    try:
+                        with open(f"/proc/{pid}/status") as f:
+                            hwm = int(f.read().split("VmHWM:")[1].split()[0]) / 1024
+                    except (OSError, IndexError, ValueError):
+                        continue
+                    peaks[pid] = (depth, max(hwm, peaks.get(pid, (0, 0.0))[1]))
+                time.sleep(0.1)
+
+        threading.Thread(target=poll, daemon=True).start()
         out = p.stdout.read()
         _, status, ru = os.wait4(p.pid, 0)
         print(json.dumps({"wall": time.perf_counter() - t, "cpu": ru.ru_utime + ru.ru_stime,
                           "peak_mb": ru.ru_maxrss / 1024, "rc": os.waitstatus_to_exitcode(status),
-                          "tail": out.decode(errors="replace")[-3000:]}))
+                          "peaks": sorted(peaks.values()), "tail": out.decode(errors="replace")[-3000:]}))
     """)
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env, capture_output=True, text=True,
                           check=True)
@@ -176,11 +204,15 @@ def main() -> None:
             base = measured([sys.executable, "-c", BASELINE, str(root)], work)
             start = measured([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_empty.py"],
                              suite)
-            runs = [("gate", [], None)] + ([("gate -n 2", ["-n", "2"], None)] if args.xdist else [])
+            runs: list[tuple[str, list[str], dict[str, str] | None]] = [("gate", [], None)]
+            if args.xdist:
+                runs.append(("gate -n 2", ["-n", "2"], None))
             if args.before:
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                before_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                     p for p in (str(Path(args.before).resolve()), os.environ.get("PYTHONPATH")) if p)}
-                runs.insert(0, ("before", [], env))
+                runs[:0] = [("before", [], before_env)] + (
+                    [("before -n 2", ["-n", "2"], before_env)] if args.xdist else [])
+            serial: dict[str, dict[str, Any]] = {}  # per tree ("before", "gate"): its serial run, for -n 2's ratios
             for n_run, (label, extra, env) in enumerate(runs):
                 report = work / f"report-{n_run}.json"
                 res = measured([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gate.py",
@@ -197,6 +229,17 @@ def main() -> None:
                     "" if rest is None else f" rest={rest:.1f}")
                 print(f"{points:>9} {label:<14} {res['wall']:>8.1f} {res['cpu']:>8.1f} {res['peak_mb']:>9.0f} "
                       f"{points / res['wall']:>10.0f} {res['wall'] / base['wall']:>7.1f}x  {phase_txt}")
+                tree = label.split()[0]
+                if not extra:
+                    serial[tree] = res
+                elif tree in serial:
+                    # -n 2 against the serial run of the same tree, in this run: >1 is slower than serial.
+                    s_run = serial[tree]
+                    by_process = ", ".join(f"{'controller' if depth == 0 else 'worker'} {mb:.0f}"
+                                           for depth, mb in res["peaks"] if depth <= 1)
+                    print(f"{'':>9} {'':<14} -n 2 / serial: wall {res['wall'] / s_run['wall']:.2f}x, "
+                          f"cpu {res['cpu'] / s_run['cpu']:.2f}x, peak {res['peak_mb'] / s_run['peak_mb']:.2f}x; "
+                          f"peak MiB by process: {by_process}")
             print(f"{size:>9} {'base: read':<14} {base['wall']:>8.1f} {base['cpu']:>8.1f} {base['peak_mb']:>9.0f}")
             print(f"{size:>9} {'base: pytest':<14} {start['wall']:>8.1f} {start['cpu']:>8.1f} {start['peak_mb']:>9.0f}")
             sys.stdout.flush()

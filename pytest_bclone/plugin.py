@@ -4,7 +4,8 @@ Nothing here imports litellm or pyarrow: plain plugin loading stays cheap, and t
 nothing until a ``--bclone-*`` option, an ini key, a fixture, the marker or an assertion is used.
 
 With pytest-xdist, each worker replays what its tests need and ships its records to the
-controller (``workeroutput``), which alone merges them, decides and writes reports.
+controller (a file the controller named in ``workerinput``, or ``workeroutput``), which alone
+merges them, decides and writes reports.
 """
 
 from __future__ import annotations
@@ -386,7 +387,16 @@ class _Controller:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         # Taken, not read: once merged, the worker's shipped columns are garbage (xdist keeps the
         # node's output to the end of the run; a large gate's would double the controller's peak).
-        data = getattr(node, "workeroutput", {}).pop("bclone", None)
+        output = getattr(node, "workeroutput", {})
+        data = output.pop("bclone", None)
+        path = output.pop("bclone_file", None)
+        if path:
+            import pickle
+
+            # Our own run's file (pytest_configure_node named it, in a directory only this run uses).
+            with open(path, "rb") as f:
+                data = pickle.load(f)
+            os.remove(path)
         if data:
             self.session.merge(data)
 
@@ -413,7 +423,10 @@ class _Controller:
 GROUPS_INPUT = "bclone_groups"
 """``workerinput`` key: the file where a worker writes its tests' cohort groups (the controller sees
 only node ids; a cohort named only by ``@pytest.mark.bclone`` is in no node id)."""
-GROUPS_DIR_KEY = pytest.StashKey[str]()
+EXPORT_INPUT = "bclone_export"
+"""``workerinput`` key: the file where a worker writes its results for the controller (see
+:func:`pytest_sessionfinish`)."""
+CHANNEL_DIR_KEY = pytest.StashKey[str]()
 
 
 def _write_groups(path: str, groups: dict[str, str], weights: dict[str, int]) -> None:
@@ -434,7 +447,7 @@ def _read_groups(directory: str) -> tuple[dict[str, str], dict[str, int]] | None
     weights: dict[str, int] = {}
     found = False
     for name in sorted(os.listdir(directory)):
-        if not name.endswith(".json"):
+        if not name.endswith(".groups.json"):
             continue
         try:
             with open(os.path.join(directory, name), encoding="utf-8") as f:
@@ -450,18 +463,20 @@ def _read_groups(directory: str) -> tuple[dict[str, str], dict[str, int]] | None
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook (controller, once per worker started)
 def pytest_configure_node(node: Any) -> None:
-    """Tell each worker where to write its tests' cohort groups (:data:`GROUPS_INPUT`)."""
+    """Tell each worker where to write its tests' cohort groups (:data:`GROUPS_INPUT`) and its
+    results (:data:`EXPORT_INPUT`): files in a directory of this run, removed at its end."""
     config = node.config
     if not config.stash[CONFIG_KEY].active:
         return
-    directory = config.stash.get(GROUPS_DIR_KEY, None)
+    directory = config.stash.get(CHANNEL_DIR_KEY, None)
     if directory is None:
         import shutil
         import tempfile
 
-        directory = config.stash[GROUPS_DIR_KEY] = tempfile.mkdtemp(prefix="bclone-groups-")
+        directory = config.stash[CHANNEL_DIR_KEY] = tempfile.mkdtemp(prefix="bclone-xdist-")
         config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
-    node.workerinput[GROUPS_INPUT] = os.path.join(directory, f"{node.gateway.id}.json")
+    node.workerinput[GROUPS_INPUT] = os.path.join(directory, f"{node.gateway.id}.groups.json")
+    node.workerinput[EXPORT_INPUT] = os.path.join(directory, f"{node.gateway.id}.export.pickle")
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # an xdist hook: absent under -p no:xdist
@@ -480,7 +495,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
-    directory = config.stash.get(GROUPS_DIR_KEY, None)
+    directory = config.stash.get(CHANNEL_DIR_KEY, None)
     fallback = bsession.work_group
 
     class CohortScheduling(LoadScopeScheduling):  # type: ignore[misc]
@@ -541,7 +556,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     bsession = session.config.stash.get(SESSION_KEY, None)
     if bsession is not None and _is_worker(session.config):
-        session.config.workeroutput["bclone"] = bsession.export()  # type: ignore[attr-defined]
+        output = session.config.workeroutput  # type: ignore[attr-defined]
+        path = session.config.workerinput.get(EXPORT_INPUT)  # type: ignore[attr-defined]
+        if path:
+            # Through a file the controller named, not xdist's channel: execnet builds the whole
+            # message in memory (twice) and walks it object by object in Python; pickle streams
+            # it to disk in C. The controller reads it when the worker is down.
+            import pickle
+
+            with open(f"{path}.tmp", "wb") as f:
+                pickle.dump(bsession.export(), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(f"{path}.tmp", path)
+            output["bclone_file"] = str(path)
+        else:
+            output["bclone"] = bsession.export()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

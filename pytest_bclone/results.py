@@ -16,6 +16,7 @@ Pure: no pytest, no litellm, no pyarrow.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -989,11 +990,16 @@ class ResultsStore:
         # Reasons not yet built stay behind: they are read where the items were scored (a worker's
         # assertions show its worst items), never by the controller, and building them all cost
         # a re-scoring of every trajectory.
-        items = [(replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()
-                 for v in self._items.values() if isinstance(v, Item)]
         # The items as one JSON text: xdist's channel serialises each Python object it carries one
-        # by one, which for a large gate's trajectory items cost more memory than the items.
-        return [*out, {"items_json": json.dumps(items)}] if items else out
+        # by one, which for a large gate's trajectory items cost more memory than the items. Written
+        # item by item: the dicts of every item at once were most of a large worker's export peak.
+        text = io.StringIO()
+        for v in self._items.values():
+            if isinstance(v, Item):
+                text.write("," if text.tell() else "[")
+                text.write(json.dumps(
+                    (replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()))
+        return [*out, {"items_json": text.getvalue() + "]"}] if text.tell() else out
 
     def merge(self, rows: Iterable[Mapping[str, Any]], trajectories: Mapping[str, Any] | None = None) -> None:
         """Add a worker's items. Items are deterministic, so one worker's copy is as good as another's:
