@@ -11,8 +11,9 @@ the expert's, else a perturbation: changed argument, swapped parallel calls, mis
 call, dead tool, text instead of a call), each a fresh object re-parsed from its OpenAI message as
 a model's reply would be. Then times, in CPU seconds, best of ``--rounds`` alternating rounds:
 
-* the baseline: deriving the decision points, building the per-step context and parsing each
-  recorded expert action (what a load must do once; the floor the issue sets);
+* the baseline: deriving the decision points (on a load whose points were never derived),
+  building the per-step context and parsing each recorded expert action with
+  ``Action.from_message`` (what a load must do once; the floor the issue sets);
 * the columnar step metrics (``score_steps_columns``): each alone and all five in one pass, the
   first pass over a fresh load (with the once-per-load parse, and after a parse done apart: the
   once-per-load compile of the expert's side) and the warm passes after it (the clone, the expert
@@ -229,12 +230,15 @@ def main() -> None:
         fresh_load = load()  # nothing parsed yet: the first pass pays the once-per-load work
         fresh_points = [p for t in fresh_load for p in t.decision_points()][:n]
         fresh_pairs = list(zip(fresh_points, clone))
+        # a load of its own, its points not yet derived: a trajectory keeps the indexes of its
+        # assistant messages once derived, and the baseline pays that scan of the roles
+        base_load = load()
 
         def baseline() -> None:
             # derive the decision points, build the per-step context, parse each recorded action
             gc.disable()
             try:
-                for t in fresh_load:
+                for t in base_load:
                     for p in t.decision_points():
                         Step(p, clone[0])
                         Action.from_message(t.messages[p.message_index])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -101,11 +101,16 @@ class Action:
         calls = []
         for i, tc in enumerate(message.get("tool_calls") or ()):
             fn = tc.get("function") or {}
-            calls.append(ToolCall.parse(str(fn.get("name", "")), fn.get("arguments"), tc.get("id") or f"call_{i}"))
+            calls.append(_parse_call(str(fn.get("name", "")), fn.get("arguments"), tc.get("id") or f"call_{i}"))
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-        return cls(tuple(calls), content if content else None)
+        if cls is not Action:
+            return cls(tuple(calls), content if content else None)
+        action = _new(Action)  # the dataclass __init__ without its per-field object.__setattr__
+        _set_tool_calls(action, tuple(calls))
+        _set_text(action, content if content else None)
+        return action
 
     def to_message(self) -> Message:
         """The OpenAI assistant message for this action."""
@@ -134,6 +139,41 @@ class Action:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Action:
         return cls(tuple(ToolCall.from_dict(c) for c in d.get("tool_calls") or ()), d.get("text"))
+
+
+# Reading a recorded action is most of what a load does per decision point (a million per large
+# run), so the common case skips the generic layers: arguments that are one JSON object with no
+# surrounding whitespace are scanned directly (what json.loads does for them, minus its Python
+# frames), and the frozen records are filled through their slot descriptors (what their __init__
+# does, minus a Python-level object.__setattr__ per field). Anything else takes ToolCall.parse.
+# json.loads' default decoder settings; scan_once(text, index) -> (value, end)
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_new = object.__new__
+_set_call_name = ToolCall.__dict__["name"].__set__
+_set_call_arguments = ToolCall.__dict__["arguments"].__set__
+_set_call_raw = ToolCall.__dict__["raw_arguments"].__set__
+_set_call_id = ToolCall.__dict__["id"].__set__
+_set_call_error = ToolCall.__dict__["error"].__set__
+_set_tool_calls = Action.__dict__["tool_calls"].__set__
+_set_text = Action.__dict__["text"].__set__
+
+
+def _parse_call(name: str, raw: Any, id: str | None) -> ToolCall:
+    """``ToolCall.parse(name, raw, id)``, the same record, faster for a plain JSON object text."""
+    if type(raw) is str and raw[:1] == "{":
+        try:
+            value, end = _scan_json(raw, 0)
+        except Exception:  # noqa: BLE001 - ToolCall.parse reads it again and says what is wrong
+            end = -1
+        if end == len(raw):  # the whole text is that object: json.loads gives the same dict
+            call = _new(ToolCall)
+            _set_call_name(call, name)
+            _set_call_arguments(call, value)
+            _set_call_raw(call, raw)
+            _set_call_id(call, id)
+            _set_call_error(call, None)
+            return call
+    return ToolCall.parse(name, raw, id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +224,8 @@ class Trajectory:
         actions = self._actions
         if actions is None:
             messages = parsed_messages(self)
-            indexes = tuple(self.assistant_indexes())
-            actions = tuple(Action.from_message(messages[i]) for i in indexes)
+            indexes = self._indexes or tuple(self.assistant_indexes())
+            actions = tuple([Action.from_message(messages[i]) for i in indexes])
             object.__setattr__(self, "_indexes", indexes)
             object.__setattr__(self, "_actions", actions)
         return actions
@@ -221,7 +261,13 @@ class Trajectory:
         # tuple.__new__ directly: NamedTuple's generated __new__ adds a Python-level call per point,
         # and a large dataset derives a million of them.
         make = tuple.__new__
-        return [make(DecisionPoint, (self, step, idx)) for step, idx in enumerate(self.assistant_indexes())]
+        indexes = self._indexes
+        if indexes is None:
+            # kept (as expert_actions keeps them): the load's parse of the expert's actions then
+            # reads the roles of the messages once per trajectory, not twice
+            indexes = tuple(self.assistant_indexes())
+            object.__setattr__(self, "_indexes", indexes)
+        return [make(DecisionPoint, (self, step, idx)) for step, idx in enumerate(indexes)]
 
 
 # The parsed messages of the last few trajectories read through :func:`parsed_messages` (by

@@ -239,6 +239,12 @@ def test_trajectory_columns_equal_the_general_path_on_a_fresh_load(
         for metric in metrics:
             assert [bits(float(v)) for v in columns.values[metric]] == [bits(s.value) for s in general[metric]], (
                 metric, groups)
+    # then the step metrics, reading the per-step facts the trajectory pass filled in (a step
+    # reads them in whichever order the passes came)
+    steps = score_steps_columns(registry, STEP_METRICS, pairs)
+    general_steps = score_steps(registry, STEP_METRICS, pairs)
+    for metric in STEP_METRICS:
+        assert [bits(float(v)) for v in steps.values[metric]] == [bits(s.value) for s in general_steps[metric]], metric
 
 
 @settings(max_examples=300, deadline=None)
@@ -322,3 +328,34 @@ def test_each_recorded_action_is_parsed_once_per_trajectory(monkeypatch: pytest.
         assert [p.expert_action for p in points] == [p.expert_action for p in points]
     assert len(parsed) == 2
     assert points[0].expert_action is points[0].expert_action
+
+
+# --- the load's parse of a recorded action -----------------------------------------------------------
+
+argument_texts = st.one_of(
+    arg_dicts.map(json.dumps),
+    st.tuples(st.sampled_from(["", " ", "\n", "\ufeff", "x"]), arg_dicts.map(json.dumps),
+              st.sampled_from(["", " ", "\t\n", "}", "{", ",", "x", "{}", "[]"])).map("".join),
+    st.sampled_from(["{", "{}", "{ }", "{bad", "{\"a\": ", "{\"a\": NaN}", "{\"a\": 1, \"a\": 2}", "[1]", "1",
+                     "null", "", "  ", "\"{}\""]),
+    st.text(max_size=12).map(lambda s: "{" + s),
+    st.none(),
+    arg_dicts,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(argument_texts, st.sampled_from([None, "", "call_7"]), st.sampled_from([None, "", "ok", [{"text": "a"}]]))
+def test_a_recorded_action_reads_as_tool_call_parse_reads_it(raw: Any, call_id: str | None, content: Any) -> None:
+    # Action.from_message scans a plain JSON object text directly and fills the records through
+    # their slots; every field must be what ToolCall.parse and the dataclass constructors give.
+    message = {"role": "assistant", "content": content,
+               "tool_calls": [{"id": call_id, "function": {"name": "f", "arguments": raw}}]}
+    got = Action.from_message(message)
+    want = ToolCall.parse("f", raw, call_id or "call_0")
+    (call_got,) = got.tool_calls
+    assert call_got == want
+    assert call_got.arguments == want.arguments and call_got.error == want.error
+    assert type(call_got) is ToolCall and type(got) is Action
+    assert got.text == (("a" if isinstance(content, list) else content) or None)
+    assert got == Action((want,), got.text)

@@ -57,13 +57,15 @@ __all__ = ["StepColumns", "TrajectoryColumns", "score_steps_columns", "score_tra
 
 Pair = tuple[DecisionPoint, "Action | None"]
 
-# The compiled expert side of one decision point, a list: [kind, first call name, its canonical
-# arguments, its raw argument dict (kind 2: every call's), all names, all canonical arguments, the
-# action, whether the raw argument values are all plain (_plain), whether every call's arguments
-# parse, every call's call_key, every call's raw argument dict (None for kind 1: never read)].
-# kind: 0 = text only, 1 = one call with parseable arguments, 2 = other. Entries 2, 5 and 9 are
-# filled in by _normed on first use.
-_Compiled = list[Any]
+# The compiled expert side of one trajectory: (toolset, the expert's parsed actions, the indexes of
+# their messages, and three per-step lists filled on first need: whether every call's arguments
+# parse and are all _plain, every call's canonical arguments, every call's call_key). Nothing is
+# built per step up front: a step reads its expert action's calls directly, and most steps (the
+# expert's own replies, text against text, another tool) never need the lazy facts. A per-step
+# record would cost an allocation per decision point and a traversal by the cyclic collector
+# after the load's first pass, which together were most of that pass's once-per-load work.
+_Expert = tuple[Toolset, tuple[Action, ...], tuple[int, ...], list[bool | None],
+                list[tuple[NormArgs | None, ...] | None], list[tuple[Hashable, ...] | None]]
 _EXPERT_KEY = "bclone.columns.expert"
 
 
@@ -103,61 +105,69 @@ def _plain_args(args: Any) -> bool:
     return True
 
 
-# ``(name,)`` per tool name, shared by the compiled single calls (fewer objects for the collector
-# to scan after a load)
-_ONE_NAME: dict[str, tuple[str]] = {}
-
-
-def _compile(trajectory: Trajectory) -> tuple[Toolset, tuple[_Compiled, ...], tuple[int, ...]]:
-    """The expert side of every decision point of ``trajectory``, computed once and kept on it."""
+def _compile(trajectory: Trajectory) -> _Expert:
+    """The expert side of ``trajectory`` (see ``_Expert``), computed once and kept on it."""
     memo = trajectory.memo()
     hit = memo.get(_EXPERT_KEY)
     if hit is not None:  # a trajectory's tools and recording never change
         return hit  # type: ignore[no-any-return]
-    tools = toolset(trajectory.tools)
-    out: list[_Compiled] = []
-    add = out.append
-    # canonical arguments and call keys (entries 2, 5, 9) are filled in by _normed when first
-    # needed: the expert's own replies and exact copies never need them
-    for action in trajectory.expert_actions():
-        calls = action.tool_calls
-        if not calls:
-            add([0, "", None, None, (), (), action, False, True, (), ()])
-            continue
-        if len(calls) == 1:  # the common single call, without the generators below
-            call = calls[0]
-            raw = call.arguments
-            if raw is not None:
-                # one shared names tuple per tool; entry 10 is never read for kind 1 (one agent
-                # call takes the scorers' single-call branch, several cannot equal one)
-                name = call.name
-                one = _ONE_NAME.get(name)
-                if one is None:
-                    one = (name,)
-                    if len(_ONE_NAME) < 4096:
-                        _ONE_NAME[name] = one
-                add([1, name, None, raw, one, None, action, _plain_args(raw), True, None, None])
-                continue
-        names = tuple(c.name for c in calls)
-        raws = tuple(c.arguments for c in calls)
-        parseable = all(r is not None for r in raws)  # then the action matches itself exactly
-        plain = parseable and all(_plain_args(r) for r in raws)
-        add([2, names[0], None, raws, names, None, action, plain, parseable, None, raws])
+    actions = trajectory.expert_actions()
     indexes = trajectory._indexes or tuple(trajectory.assistant_indexes())
-    compiled = (tools, tuple(out), indexes)
+    n = len(actions)
+    compiled: _Expert = (toolset(trajectory.tools), actions, indexes, [None] * n, [None] * n, [None] * n)
     memo[_EXPERT_KEY] = compiled
     return compiled
 
 
-def _normed(ex: _Compiled, tools: Toolset) -> _Compiled:
-    """``ex`` with its canonical arguments (2: the first call's, 5: all) and call keys (9) filled in."""
-    if ex[5] is None:
-        calls = ex[6].tool_calls
-        norms = tuple(normalize_args(c, tools) for c in calls)
-        ex[2] = norms[0]
-        ex[5] = norms
-        ex[9] = tuple(call_key(c.name, a) for c, a in zip(calls, norms))
-    return ex
+def _plain_at(ex: _Expert, step: int) -> bool:
+    """Whether every call of the expert's action at ``step`` has parseable, all-:func:`_plain`
+    arguments (then an agent call with ``==`` arguments is the same call); kept in ``ex``."""
+    got = ex[3][step]
+    if got is None:
+        got = True
+        for c in ex[1][step].tool_calls:
+            args = c.arguments
+            if args is None or not _plain_args(args):
+                got = False
+                break
+        ex[3][step] = got
+    return got
+
+
+def _norms_at(ex: _Expert, step: int) -> tuple[NormArgs | None, ...]:
+    """The canonical arguments of every call of the expert's action at ``step``; kept in ``ex``."""
+    got = ex[4][step]
+    if got is None:
+        tools = ex[0]
+        got = ex[4][step] = tuple(normalize_args(c, tools) for c in ex[1][step].tool_calls)
+    return got
+
+
+def _keys_at(ex: _Expert, step: int) -> tuple[Hashable, ...]:
+    """The :func:`~.normalize.call_key` of every call of the expert's action at ``step``; kept in ``ex``."""
+    got = ex[5][step]
+    if got is None:
+        calls = ex[1][step].tool_calls
+        got = ex[5][step] = tuple(call_key(c.name, a) for c, a in zip(calls, _norms_at(ex, step)))
+    return got
+
+
+def _same_calls(action: Action, ex: _Expert, step: int) -> bool:
+    """Whether ``action`` is the expert's own calls at ``step`` (the calls of several, or of an
+    unparseable one): the same action with every call parseable, or the same names in the same
+    order with ``==`` arguments that are all :func:`_plain`. Every call then pairs with its copy
+    at full agreement."""
+    expert = ex[1][step]
+    calls = action.tool_calls
+    ecalls = expert.tool_calls
+    if action is expert:
+        return all(c.arguments is not None for c in ecalls)
+    if len(calls) != len(ecalls):
+        return False
+    for c, e in zip(calls, ecalls):
+        if c.name != e.name or c.arguments != e.arguments:
+            return False
+    return _plain_at(ex, step)
 
 
 class _MemoKey:
@@ -177,8 +187,8 @@ class _MemoKey:
         return other.__class__ is _MemoKey and self.key == other.key
 
 
-def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, tools: Toolset,
-                     compiled: tuple[_Compiled, ...], key: _MemoKey) -> tuple[bool, ...]:
+def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, ex: _Expert, key: _MemoKey
+                     ) -> tuple[bool, ...]:
     """Whether each decision point is a refusal state under ``evaluator``'s policy (kept on the
     trajectory under ``key``, :func:`_refusal_key`): :meth:`SafetyRefusal.refusal_kind` of the
     expert's action is not ``None``."""
@@ -188,16 +198,21 @@ def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, tools: To
         policy = evaluator.policy
         pattern = evaluator.refusal_pattern
         is_transfer = policy.is_transfer
-        out = []
-        for ex in compiled:
-            text = ex[6].text
-            if ex[0] == 0:  # text only: a refusal text (no call can change state)
-                out.append(bool(text) and is_refusal(text, pattern))
-            elif is_transfer(ex[1]) or (ex[0] == 2 and any(is_transfer(name) for name in ex[4])):
-                out.append(True)
-            else:
-                out.append(bool(text) and is_refusal(text, pattern)
-                           and not policy.state_changing_calls(ex[6], tools))
+        tools = ex[0]
+        out: list[bool] = []
+        add = out.append
+        for action in ex[1]:
+            text = action.text
+            calls = action.tool_calls
+            if not calls:  # text only: a refusal text (no call can change state)
+                add(bool(text) and is_refusal(text, pattern))
+                continue
+            for c in calls:
+                if is_transfer(c.name):
+                    add(True)
+                    break
+            else:  # the common call without text is no refusal: no regex, no policy
+                add(bool(text) and is_refusal(text, pattern) and not policy.state_changing_calls(action, tools))
         hit = memo[key] = tuple(out)
     return hit
 
@@ -307,9 +322,11 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
     changing = policy.is_state_changing
     is_transfer = policy.is_transfer
     last: Trajectory | None = None
+    ex: _Expert | None = None
     tools: Toolset | None = None
-    compiled: tuple[_Compiled, ...] = ()
+    actions: tuple[Action, ...] = ()
     indexes: tuple[int, ...] = ()
+    plain: list[bool | None] = []
     refusals: tuple[bool, ...] = ()
     names: frozenset[str] = frozenset()
     refusal_key = _refusal_key(safety) if safety is not None else None
@@ -318,31 +335,36 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
             raise _failed("score_steps_columns", point)
         t = point[0]
         if t is not last:
-            tools, compiled, indexes = _compile(t)
+            ex = _compile(t)
+            tools, actions, indexes, plain = ex[0], ex[1], ex[2], ex[3]
             names = tools.names
             if safety is not None and refusal_key is not None:
-                refusals = _expert_refusals(t, safety, tools, compiled, refusal_key)
+                refusals = _expert_refusals(t, safety, ex, refusal_key)
             last = t
-        assert tools is not None
+        assert tools is not None and ex is not None
         step = point[1]
         if not (0 <= step < len(indexes) and indexes[step] == point[2]):
             # a hand-built point naming another message: the general path, whole (it fills every
             # column; those not asked for are dropped)
             _one_general(point, action, compare_text, safety, sel_add, arg_add, mat_add, saf_add, dead_add)
             continue
-        ex = compiled[step]
+        expert = actions[step]
+        ecalls = expert.tool_calls
         calls = action.tool_calls
-        kind = ex[0]
         n = len(calls)
+        m = len(ecalls)
         # tool_selection, tool_arguments, action_match (the cases of match_calls, most common first)
-        if n == 1 and kind == 1:
+        if n == 1 and m == 1 and ecalls[0].arguments is not None:  # one call against one parseable call
             call = calls[0]
-            if call.name == ex[1]:
+            ecall = ecalls[0]
+            if call.name == ecall.name:
                 raw = call.arguments
-                if raw is ex[3] or (ex[7] and raw == ex[3]):
+                eraw = ecall.arguments
+                p = plain[step]
+                if raw is eraw or (raw == eraw and (p if p is not None else _plain_at(ex, step))):
                     value = 1.0  # the same arguments (see _plain for why raw equality suffices)
                 else:
-                    value = arg_agreement(_normed(ex, tools)[2], normalize_args(call, tools))
+                    value = arg_agreement(_norms_at(ex, step)[0], normalize_args(call, tools))
                 sel_add(1.0)
                 arg_add(value)
                 mat_add(1.0 if value == 1.0 else 0.0)
@@ -350,31 +372,29 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
                 sel_add(0.0)
                 arg_add(0.0)
                 mat_add(0.0)
-        elif n == 0 and kind == 0:
+        elif n == 0 and m == 0:
             sel_add(1.0)
             arg_add(1.0)
-            if compare_text and normalize_text(ex[6].text) != normalize_text(action.text):
+            if compare_text and normalize_text(expert.text) != normalize_text(action.text):
                 mat_add(0.0)
             else:
                 mat_add(1.0)
-        elif n == 0 or kind == 0:  # a text reply against tool calls: nothing matches
+        elif n == 0 or m == 0:  # a text reply against tool calls: nothing matches
             sel_add(0.0)
             arg_add(0.0)
             mat_add(0.0)
-        elif (action is ex[6] and ex[8]) or (
-                ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                  for c, e, r in zip(calls, ex[4], ex[10]))):
+        elif _same_calls(action, ex, step):
             # the expert's own calls (the same action, or the same calls in the same order with
             # equal plain arguments): every call pairs with its copy at full agreement
             sel_add(1.0)
             arg_add(1.0)
             mat_add(1.0)
         else:
-            m = match_calls(ex[4], _normed(ex, tools)[5], action.tool_names,
-                            tuple(normalize_args(c, tools) for c in calls))
-            sel_add(m.selection)
-            arg_add(m.arguments)
-            mat_add(1.0 if m.exact else 0.0)
+            mc = match_calls(expert.tool_names, _norms_at(ex, step), action.tool_names,
+                             tuple(normalize_args(c, tools) for c in calls))
+            sel_add(mc.selection)
+            arg_add(mc.arguments)
+            mat_add(1.0 if mc.exact else 0.0)
         # dead_tool
         if not dead:
             pass
@@ -561,7 +581,8 @@ class _FusedTrajectories:
         """``(trajectory_score, task_completion)`` of one whole, well-formed group (a metric not
         asked for is 0.0), or ``None`` when the group needs the general path: a malformed group
         (the caller's checks then raise) or points naming another trajectory object or message."""
-        tools, compiled, indexes = _compile(trajectory)
+        ex = _compile(trajectory)
+        tools, actions, indexes, plain = ex[0], ex[1], ex[2], ex[3]
         if len(group) != len(indexes):
             return None
         want_ts = self.want_ts
@@ -578,7 +599,7 @@ class _FusedTrajectories:
             required, required_names = _required(trajectory, tools)
         if fallback:
             assert tc is not None
-            located, expert_counts, changing_only = _fallback_plan(tc, trajectory, compiled, self.plan_key)
+            located, expert_counts, changing_only = _fallback_plan(tc, trajectory, ex, self.plan_key)
         changing_of = self.changing.get(tools)
         if changing_of is None:
             changing_of = self.changing[tools] = {}
@@ -593,28 +614,33 @@ class _FusedTrajectories:
         for point, action in group:
             if point[0] is not trajectory or action is None or point[1] != i or point[2] != indexes[i]:
                 return None
-            ex = compiled[i]
+            step = i
             i += 1
+            ecalls = actions[step].tool_calls
             calls = action.tool_calls
             n = len(calls)
-            kind = ex[0]
-            if kind == 1 and n == 1:
+            m = len(ecalls)
+            # one call against one parseable call (single)
+            single = n == 1 and m == 1 and ecalls[0].arguments is not None
+            if single:
                 call = calls[0]
                 raw = call.arguments
-                same = call.name == ex[1] and (raw is ex[3] or (ex[7] and raw == ex[3]))
-            elif n == 0 or kind == 0:
-                same = n == 0 and kind == 0
+                eraw = ecalls[0].arguments
+                p = plain[step]
+                same = call.name == ecalls[0].name and (
+                    raw is eraw or (raw == eraw and (p if p is not None else _plain_at(ex, step))))
+            elif n == 0 or m == 0:
+                same = n == 0 and m == 0
             else:
-                same = (action is ex[6] and ex[8]) or (
-                    ex[7] and n == len(ex[4]) and all(c.name == e and c.arguments == r
-                                                      for c, e, r in zip(calls, ex[4], ex[10])))
+                same = _same_calls(action, ex, step)
             if same:
                 if want_ts:
                     credit(1.0)
                 if with_expected and n and not unwanted_call:
-                    for j, name in enumerate(ex[4]):
+                    for j, ecall in enumerate(ecalls):
+                        name = ecall.name
                         if name in required_names:
-                            key = _normed(ex, tools)[9][j]
+                            key = _keys_at(ex, step)[j]
                             left[key] = left.get(key, 0) + 1
                         elif _changing(tc, name, tools, changing_of):
                             unwanted_call = True
@@ -623,18 +649,19 @@ class _FusedTrajectories:
             else:
                 norms: list[NormArgs | None] | None = None
                 if want_ts:
-                    if kind == 1 and n == 1:
+                    if single:
                         # CallMatch.credit of one pair: its agreement / 1
-                        if calls[0].name == ex[1]:
+                        if calls[0].name == ecalls[0].name:
                             norms = [normalize_args(calls[0], tools)]
-                            credit(arg_agreement(_normed(ex, tools)[2], norms[0]) / 1)
+                            credit(arg_agreement(_norms_at(ex, step)[0], norms[0]) / 1)
                         else:
                             credit(0.0)
-                    elif n == 0 or kind == 0:
+                    elif n == 0 or m == 0:
                         credit(0.0)
                     else:
                         norms = [normalize_args(c, tools) for c in calls]
-                        credit(match_calls(ex[4], _normed(ex, tools)[5], action.tool_names, tuple(norms)).credit)
+                        credit(match_calls(actions[step].tool_names, _norms_at(ex, step), action.tool_names,
+                                           tuple(norms)).credit)
                 if with_expected:
                     if not unwanted_call:
                         for j, c in enumerate(calls):
@@ -738,7 +765,7 @@ def _required(trajectory: Trajectory, tools: Toolset) -> tuple[list[Hashable], f
 _REQUIRED_KEY = "bclone.columns.required"
 
 
-def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, compiled: Sequence[_Compiled], key: _MemoKey
+def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, ex: _Expert, key: _MemoKey
                    ) -> tuple[tuple[tuple[Hashable, ...], ...], tuple[dict[Hashable, int], ...], bool]:
     """The requirements of :meth:`TaskCompletion.requirements` without an expected outcome (the
     expert's state-changing calls, or all its calls when it changed nothing), located as the
@@ -750,9 +777,10 @@ def _fallback_plan(ev: TaskCompletion, trajectory: Trajectory, compiled: Sequenc
     hit = memo.get(key)
     if hit is not None:
         return hit  # type: ignore[no-any-return]
-    tools = toolset(trajectory.tools)
+    tools = ex[0]
+    compiled = ex[1]
     changing = ev.policy.is_state_changing
-    calls = [(i, c) for i, ex in enumerate(compiled) for c in ex[6].tool_calls]
+    calls = [(i, c) for i, action in enumerate(compiled) for c in action.tool_calls]
     required = [(i, c) for i, c in calls if changing(c.name, tools)]
     changing_only = bool(required)
     if not changing_only:
