@@ -72,83 +72,142 @@ _OFD_SETLK: int | None = (
 LOCK_FILE = ".single-flight"
 """The cache's lock file (never removed: one empty file per cache directory)."""
 
-_WRITERS: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_SYNCFS: Callable[[int], int] | None = None
+_SYNCFS_LOOKED_UP = False
 
 
-def _writers() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that write entries: their own pool, not the event loop's default executor, so
-    litellm's work there never queues behind a write and enough writers are in flight at once for
-    one sync to serve many. The interpreter finishes their queued writes before it exits, also
-    after Ctrl-C. One pool per process: a forked child must not inherit its parent's idle count."""
-    global _WRITERS
-    pid = os.getpid()
-    if _WRITERS is None or _WRITERS[0] != pid:
-        _WRITERS = (pid, concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bclone-cache-write"))
-    return _WRITERS[1]
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux; it releases the GIL while it runs), or None where it is missing."""
+    global _SYNCFS, _SYNCFS_LOOKED_UP
+    if not _SYNCFS_LOOKED_UP:
+        _SYNCFS_LOOKED_UP = True
+        if sys.platform == "linux":
+            import ctypes  # here, not at import: loading the plugin does not pay for it
+
+            try:
+                _SYNCFS = ctypes.CDLL(None, use_errno=True).syncfs
+            except (OSError, AttributeError):
+                pass
+    return _SYNCFS
 
 
-class _GroupSync:
-    """Durability for several writers with one ``syncfs`` (Linux): a writer whose file is written
-    waits for a sync of its filesystem that starts after that, running one itself when none is
-    running. An fsync per entry costs ~150 us of CPU and ~4 ms; one syncfs serves the writes of
-    every thread that arrived while the previous one ran (~20 us of CPU per entry at 64 in flight).
-    Where ``syncfs`` is missing or fails, each writer fsyncs its own file."""
+_Job = tuple["ModelCache", str, bytes, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+_BATCH_MAX = 256
+"""Most entries one batch stages (their temporary files stay open until the batch's sync)."""
+
+
+class _Writer:
+    """The thread that writes entries, in batches: it takes every entry queued since its last
+    batch, creates and writes their temporary files, makes them durable with one ``syncfs`` per
+    cache directory (or an fsync per file where ``syncfs`` is missing or fails), renames them into
+    place and wakes the waiting event loop(s) once.
+
+    Why one thread and batches: each system call of a writer thread releases the GIL and takes it
+    back from the event loop, which runs litellm and is never idle in a large replay; 32 threads
+    each syncing and notifying per entry cost the loop ~0.3 ms of CPU per call in GIL handoffs and
+    wake-ups. A batch pays the sync, the queue hand-off and the wake-up once. Its own pool, not the
+    loop's default executor: litellm's work there never queues behind a write. The interpreter
+    finishes the pool's work, hence every queued entry, before it exits, also after Ctrl-C."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._next: dict[int, int] = {}  # device -> number of the next sync to start
-        self._done: dict[int, int] = {}  # device -> number of the last sync finished
-        self._running: set[int] = set()
-        self._syncfs: Callable[[int], int] | None = None
-        self._looked_up = False
+        self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._busy = False  # a drain is submitted or running: it will take what is queued
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bclone-cache-write")
 
-    def _lookup(self) -> None:
-        with self._cond:
-            if self._looked_up:
+    def submit(self, job: _Job) -> None:
+        """Queue ``job``; its future is resolved (on its loop) once the entry is in place."""
+        with self._lock:
+            self._queue.append(job)
+            if self._busy:
                 return
-            self._looked_up = True
-            if sys.platform == "linux":
-                import ctypes  # here, not at import: loading the plugin does not pay for it
-
-                try:
-                    self._syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # releases the GIL while it runs
-                except (OSError, AttributeError):
-                    pass
-
-    def sync(self, fd: int) -> None:
-        """Return once the bytes written to ``fd`` are on disk."""
-        if not self._looked_up:
-            self._lookup()
-        syncfs = self._syncfs
-        if syncfs is None:
-            os.fsync(fd)
-            return
-        device = os.fstat(fd).st_dev
-        with self._cond:
-            mine = self._next.get(device, 1)  # syncs numbered from `mine` on start after this write
-            while self._done.get(device, 0) < mine and device in self._running:
-                self._cond.wait()
-            if self._done.get(device, 0) >= mine:
-                return
-            self._running.add(device)
-            number = self._next.get(device, 1)
-            self._next[device] = number + 1
-        ok = False
+            self._busy = True
         try:
-            ok = syncfs(fd) == 0
-        finally:
-            with self._cond:
-                self._running.discard(device)
-                if ok:
-                    self._done[device] = number
-                else:
-                    self._syncfs = None  # this filesystem refuses it: fsync from now on
-                self._cond.notify_all()
-        if not ok:
-            os.fsync(fd)
+            self._pool.submit(self._drain)
+        except BaseException:  # the interpreter is shutting down: say so rather than lose the entry
+            with self._lock:
+                self._busy = False
+                self._queue.remove(job)
+            raise
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
+                if not batch:
+                    self._busy = False
+                    return
+            try:
+                errors = _write_batch([(cache, key, data) for cache, key, data, _, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 (a bug here must fail the calls, not hang them)
+                errors = [exc] * len(batch)
+            settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+            for (_, _, _, loop, done), error in zip(batch, errors, strict=True):
+                settle.setdefault(loop, []).append((done, error))
+            for loop, outcomes in settle.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, outcomes)
 
 
-_SYNC = _GroupSync()
+def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, error in outcomes:
+        if not done.done():  # a cancelled waiter (Ctrl-C) no longer wants to know
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+
+def _write_batch(items: list[tuple[ModelCache, str, bytes]]) -> list[BaseException | None]:
+    """Write the entries ``(cache, key, data)`` atomically and durably; per entry, its error or None."""
+    errors: list[BaseException | None] = [None] * len(items)
+    staged: list[tuple[int, int, str, str]] = []  # (index, fd, temporary path, path)
+    try:
+        for i, (cache, key, data) in enumerate(items):
+            try:
+                fd, tmp, path = cache._stage(key, data)
+            except Exception as exc:  # noqa: BLE001 (reported to the entry's caller)
+                errors[i] = exc
+            else:
+                staged.append((i, fd, tmp, path))
+        # The bytes are on disk before the names point at them: one syncfs per cache directory
+        # (its shards are on its filesystem) serves every entry of the batch written there.
+        syncfs = _syncfs()
+        synced: dict[str, bool] = {}
+        for i, fd, _, _ in staged:
+            root = items[i][0]._root
+            if syncfs is not None and root not in synced:
+                synced[root] = syncfs(fd) == 0
+            if not synced.get(root):
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    errors[i] = exc
+    finally:
+        for _, fd, _, _ in staged:
+            os.close(fd)
+    for i, _, tmp, path in staged:
+        try:
+            if errors[i] is None:
+                os.replace(tmp, path)
+                continue
+        except OSError as exc:
+            errors[i] = exc
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return errors
+
+
+_WRITER: tuple[int, _Writer] | None = None
+
+
+def _writer() -> _Writer:
+    """This process's writer (a forked child must not inherit its parent's queue or thread)."""
+    global _WRITER
+    pid = os.getpid()
+    if _WRITER is None or _WRITER[0] != pid:
+        _WRITER = (pid, _Writer())
+    return _WRITER[1]
 
 _POLL_FIRST, _POLL_MAX = 0.002, 0.05
 """Seconds between attempts to take a key's file lock held by another process (doubling)."""
@@ -327,7 +386,9 @@ class ModelCache:
             self._made_dirs.add(directory)
         return directory
 
-    def _write(self, key: str, data: bytes) -> str:
+    def _stage(self, key: str, data: bytes) -> tuple[int, str, str]:
+        """Create and fill the temporary file of ``key``'s entry; return (its open fd, its path,
+        the entry's path). The caller makes it durable, closes it and renames it into place."""
         directory = self._shard(key)
         path = f"{directory}{os.sep}{key}.json"
         # Temporary file in the same directory (os.replace is atomic only within one filesystem),
@@ -341,19 +402,28 @@ class ModelCache:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, flags, 0o644)
         try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return fd, tmp, path
+
+    def _write(self, key: str, data: bytes) -> str:
+        """Write the entry of ``key`` now, on this thread (fsync, then rename)."""
+        fd, tmp, path = self._stage(key, data)
+        try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                _SYNC.sync(fd)  # the bytes are on disk before the name points at them
+                os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         return path
 
@@ -499,20 +569,22 @@ class ModelCache:
                 delay = min(_POLL_MAX, delay * 2)
 
     async def _record(self, key: str, value: Mapping[str, Any], request_json: str, label: str) -> None:
-        """Write the entry on a writer thread (:func:`_writers`), in a way that Ctrl-C cannot lose.
+        """Write the entry on the writer thread (:class:`_Writer`), in a way that Ctrl-C cannot lose.
 
         Why a thread: creating and syncing a file costs 0.1-1 ms of mostly kernel time and
         milliseconds of waiting, which would otherwise stall every call in flight (litellm keeps the
-        event loop thread busy). Why it loses nothing: the write is submitted before the first
-        ``await`` and shielded, so cancelling this task (Ctrl-C) cannot withdraw it, and the
-        interpreter finishes the writers' queued work before it exits. So an answer is on disk by
-        the time the call returns, or else by the time the process ends.
+        event loop thread busy). Why it loses nothing: the entry is queued before the first
+        ``await``, so cancelling this task (Ctrl-C) cannot withdraw it, and the interpreter finishes
+        the writer's queued work before it exits. So an answer is on disk by the time the call
+        returns, or else by the time the process ends.
         """
-        # Encode here: the worker thread then only makes system calls, which release the GIL, so it
+        # Encode here: the writer thread then only makes system calls, which release the GIL, so it
         # does not compete with the event loop for it.
         data = self._encode(key, value, request_json, label)
-        write = asyncio.wrap_future(_writers().submit(self._write, key, data))
-        await asyncio.shield(write)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        _writer().submit((self, key, data, loop, done))
+        await done
         self.stats.writes += 1  # counted on the loop thread: counters are not thread-safe
 
 

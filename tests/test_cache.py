@@ -263,50 +263,110 @@ def test_a_call_in_flight_in_another_process_is_waited_for_not_repeated(tmp_path
     assert result.value["message"]["content"] == "from the other process"
 
 
-def test_one_filesystem_sync_serves_many_writers_each_after_its_write(tmp_path: Path) -> None:
-    group = cache_module._GroupSync()
-    written: set[int] = set()
-    covered: list[set[int]] = []  # what each sync found written when it started
-    returned: dict[int, int] = {}  # writer -> how many syncs had started when its sync() returned
-    lock = threading.Lock()
+def _requests(n: int) -> list[dict[str, Any]]:
+    return [{**REQUEST, "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(n)]
+
+
+def _record_all(cache: ModelCache, requests: list[dict[str, Any]]) -> list[Any]:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(cache.cached_call(r, Counter()) for r in requests), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_one_filesystem_sync_serves_a_batch_and_precedes_every_rename(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: set[str] = set()  # temporary files whose bytes a sync has covered
+    syncs: list[int] = []
+    renamed: list[str] = []
+    real_replace = os.replace
 
     def syncfs(fd: int) -> int:
-        with lock:
-            covered.append(set(written))
-        time.sleep(0.02)
+        syncs.append(fd)
+        synced.update(str(p) for p in tmp_path.rglob(".*.tmp"))
+        time.sleep(0.01)  # while it runs, more entries queue up for the next batch
         return 0
 
-    group._looked_up, group._syncfs = True, syncfs
+    def replace(src: str, dst: str) -> None:
+        assert src in synced, f"{src} renamed into place before a sync covered it"
+        renamed.append(dst)
+        real_replace(src, dst)
 
-    def writer(i: int) -> None:
-        time.sleep(0.001 * (i % 7))
-        with lock:
-            written.add(i)
-        with (tmp_path / f"{i}").open("wb") as file:
-            group.sync(file.fileno())
-        with lock:
-            returned[i] = len(covered)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # Every writer returned after a sync that had started once its bytes were written...
-    for i, started in returned.items():
-        assert any(i in snapshot for snapshot in covered[:started]), i
-    # ...and the writers shared syncs rather than running one each.
-    assert len(covered) < len(threads) / 2
+    monkeypatch.setattr(cache_module, "_syncfs", lambda: syncfs)
+    monkeypatch.setattr(cache_module.os, "replace", replace)
+    monkeypatch.setattr(cache_module.os, "fsync", lambda fd: pytest.fail("fsync although syncfs worked"))
+    results = _record_all(ModelCache(tmp_path), _requests(40))
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert all(r.cached is False for r in results)
+    assert len(renamed) == 40 and len(list(tmp_path.rglob("*.json"))) == 40
+    assert len(syncs) < 40 / 2  # the entries shared syncs rather than running one each
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_without_syncfs_each_writer_fsyncs_its_own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    group = cache_module._GroupSync()
-    group._looked_up, group._syncfs = True, None
-    synced: list[int] = []
-    monkeypatch.setattr(os, "fsync", synced.append)
-    with (tmp_path / "f").open("wb") as file:
-        group.sync(file.fileno())
-        assert synced == [file.fileno()]
+@pytest.mark.parametrize("syncfs", [None, lambda fd: -1], ids=["no-syncfs", "syncfs-fails"])
+def test_without_a_working_syncfs_each_entry_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         syncfs: Any) -> None:
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(cache_module, "_syncfs", lambda: syncfs)
+    monkeypatch.setattr(cache_module.os, "fsync", fsync)
+    results = _record_all(ModelCache(tmp_path), _requests(12))
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert all(r.cached is False for r in results)
+    assert len(fsynced) == 12 and len(list(tmp_path.rglob("*.json"))) == 12
+
+
+def test_an_entry_that_cannot_be_written_fails_its_call_only(tmp_path: Path) -> None:
+    requests = _requests(6)
+    blocked = cache_key(requests[0])
+    (tmp_path / blocked[:2]).write_text("a file where the shard directory should be")
+    with pytest.warns(CacheWarning, match="cannot be read"):  # the lookup of the blocked entry
+        results = _record_all(ModelCache(tmp_path), requests)
+    assert isinstance(results[0], OSError)
+    written = [r for r in results[1:] if not isinstance(r, BaseException) and r.key[:2] != blocked[:2]]
+    assert written and all((tmp_path / r.key[:2] / f"{r.key}.json").exists() for r in written)
+
+
+def test_calls_cancelled_while_their_entries_wait_to_be_written_still_record_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C cancels the replay's tasks: answers already received must still reach the disk, the
+    # one being written and the one queued behind it alike.
+    release = threading.Event()
+
+    def syncfs(fd: int) -> int:
+        release.wait(10)
+        return 0
+
+    monkeypatch.setattr(cache_module, "_syncfs", lambda: syncfs)
+    cache = ModelCache(tmp_path)
+    first, second = _requests(2)
+
+    async def main() -> None:
+        writing = asyncio.create_task(cache.cached_call(first, Counter()))
+        while not list(tmp_path.rglob(".*.tmp")):  # the writer holds the first entry, in its sync
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(cache.cached_call(second, Counter()))
+        while not cache_module._writer()._queue:  # the second waits in the queue behind it
+            await asyncio.sleep(0.005)
+        for task in (writing, queued):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    release.set()
+    for request in (first, second):
+        path = cache.path_for(cache_key(request))
+        for _ in range(500):
+            if path.exists():
+                break
+            time.sleep(0.01)
+        assert cache.get(cache_key(request)) == {"message": {"role": "assistant", "content": "answer 1"}}
 
 
 def _record_in_child(directory: str) -> bool:
