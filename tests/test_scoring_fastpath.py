@@ -359,3 +359,23 @@ def test_a_recorded_action_reads_as_tool_call_parse_reads_it(raw: Any, call_id: 
     assert type(call_got) is ToolCall and type(got) is Action
     assert got.text == (("a" if isinstance(content, list) else content) or None)
     assert got == Action((want,), got.text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(NAMES), arg_dicts, st.sampled_from(["retype", "copy", "dict"]), st.booleans())
+def test_expert_copies_of_required_calls_with_lookalike_values_complete_alike(
+        name: str, args: dict[str, Any], how: str, same_object: bool) -> None:
+    # A step repeating the expert's calls takes the key of a required call whose arguments are ==
+    # and plain; the expert's true must not pass for the requirement's 1 (nor 0 for false).
+    sent = {k: retyped(v) for k, v in args.items()} if how == "retype" else dict(args)
+    expert = act(ToolCall.parse(name, sent if how == "dict" else json.dumps(sent)))
+    expected = ExpectedOutcome((ToolCall.parse(name, dict(args)),), ())
+    t = traj("hi", expert, expected=expected, id="required")
+    p = t.decision_points()[0]
+    agent = p.expert_action if same_object else Action.from_message(p.expert_action.to_message())
+    for registry in REGISTRIES:
+        groups = group_by_trajectory([(p, agent)])
+        general = score_trajectories(registry, TRAJ_METRICS, groups)
+        columns = score_trajectories_columns(registry, TRAJ_METRICS, groups)
+        for metric in TRAJ_METRICS:
+            assert bits(float(columns.values[metric][0])) == bits(general[metric][0].value), (metric, args, sent)

@@ -595,8 +595,9 @@ class _FusedTrajectories:
         changing_only = False
         required: list[Hashable] = []
         required_names: frozenset[str] = frozenset()
+        required_plain: tuple[tuple[str, Any, Hashable], ...] = ()
         if with_expected:
-            required, required_names = _required(trajectory, tools)
+            required, required_names, required_plain = _required(trajectory, tools)
         if fallback:
             assert tc is not None
             located, expert_counts, changing_only = _fallback_plan(tc, trajectory, ex, self.plan_key)
@@ -640,7 +641,15 @@ class _FusedTrajectories:
                     for j, ecall in enumerate(ecalls):
                         name = ecall.name
                         if name in required_names:
-                            key = _keys_at(ex, step)[j]
+                            # the expert's call is most often a required one itself: arguments
+                            # == a required call's plain ones have its key (see _plain)
+                            eargs = ecall.arguments
+                            for rname, rargs, rkey in required_plain:
+                                if rname == name and rargs == eargs:
+                                    key = rkey
+                                    break
+                            else:
+                                key = _keys_at(ex, step)[j]
                             left[key] = left.get(key, 0) + 1
                         elif _changing(tc, name, tools, changing_of):
                             unwanted_call = True
@@ -749,16 +758,21 @@ def _outcome_value(tc: TaskCompletion | None, tools: Toolset, required: Sequence
     return 1.0
 
 
-def _required(trajectory: Trajectory, tools: Toolset) -> tuple[list[Hashable], frozenset[str]]:
-    """The call keys of the expected outcome's required actions, and their tool names (kept on
-    the trajectory)."""
+def _required(trajectory: Trajectory, tools: Toolset
+              ) -> tuple[list[Hashable], frozenset[str], tuple[tuple[str, Any, Hashable], ...]]:
+    """The call keys of the expected outcome's required actions, their tool names, and
+    ``(name, arguments, key)`` of those whose arguments are all :func:`_plain` (a call with ``==``
+    arguments has the same key: the expert's copies of them need no normalising). Kept on the
+    trajectory."""
     memo = trajectory.memo()
     hit = memo.get(_REQUIRED_KEY)
     if hit is None:
         assert trajectory.expected is not None
         actions = trajectory.expected.actions
-        hit = memo[_REQUIRED_KEY] = ([call_key(c.name, normalize_args(c, tools)) for c in actions],
-                                     frozenset(c.name for c in actions))
+        keys = [call_key(c.name, normalize_args(c, tools)) for c in actions]
+        plain = tuple((c.name, c.arguments, k) for c, k in zip(actions, keys)
+                      if c.arguments is not None and _plain_args(c.arguments))
+        hit = memo[_REQUIRED_KEY] = (keys, frozenset(c.name for c in actions), plain)
     return hit
 
 
