@@ -326,16 +326,20 @@ FAST_EXIT_ITEMS = 50_000
 
 def fast_exit_applies(config: pytest.Config, items: int) -> bool:
     """Whether this process may end with :func:`fast_exit`: a gate with at least
-    :data:`FAST_EXIT_ITEMS` results, run as the ``pytest`` command itself (not ``pytest.main()``
-    from a program that goes on, nor pytester's in-process runs), on pytest's cleanup stack."""
+    :data:`FAST_EXIT_ITEMS` results, on pytest's cleanup stack, run as the ``pytest`` command
+    itself (not ``pytest.main()`` from a program that goes on, nor pytester's in-process runs) or
+    as an xdist worker (a process xdist started for this run alone; its results already shipped)."""
     import sys
 
+    if items < FAST_EXIT_ITEMS or not hasattr(config, "_cleanup_stack"):
+        return False
+    if _is_worker(config):
+        return True
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     command = (getattr(spec, "name", None) == "pytest.__main__"
                or os.path.basename(sys.argv[0]) in ("pytest", "py.test"))
-    return (items >= FAST_EXIT_ITEMS and command and tuple(config.invocation_params.args) == tuple(sys.argv[1:])
-            and hasattr(config, "_cleanup_stack") and not _is_worker(config))
+    return command and tuple(config.invocation_params.args) == tuple(sys.argv[1:])
 
 
 def fast_exit(config: pytest.Config, code: int) -> None:
@@ -542,9 +546,26 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return CohortScheduling(config, log)
 
 
+class _Worker:
+    """Registered on an xdist worker only: a large gate's worker exits without freeing its results.
+    The controller waits for every worker's process to end before it reports, and a worker
+    freeing a million results one by one was seconds of that wait."""
+
+    def __init__(self, session: BcloneSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        # Its results and the workerfinished event are sent by now (pytest_sessionfinish).
+        if fast_exit_applies(config, len(self.session.store)):
+            fast_exit(config, 0)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     bsession = session.config.stash.get(SESSION_KEY, None)
+    if bsession is not None and _is_worker(session.config):
+        session.config.pluginmanager.register(_Worker(bsession), "bclone-worker")
     if bsession is not None and not _is_worker(session.config):
         session.config.pluginmanager.register(_Controller(session.config, bsession), "bclone-controller")
         from .progress import terminal_progress
@@ -565,7 +586,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             import pickle
 
             with open(f"{path}.tmp", "wb") as f:
-                pickle.dump(bsession.export(), f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(bsession.export(objects=True), f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(f"{path}.tmp", path)
             output["bclone_file"] = str(path)
         else:

@@ -982,23 +982,29 @@ class ResultsStore:
         return out
 
     # -- xdist -------------------------------------------------------------------------------------
-    def export(self) -> list[dict[str, Any]]:
-        """Every item as JSON-able dicts, step-mode decision points as compact column blocks
-        (:meth:`StepBlock.to_wire`): what a worker ships to the controller, in storing order."""
+    def export(self, *, objects: bool = False) -> list[dict[str, Any]]:
+        """Every item, step-mode decision points as compact column blocks (:meth:`StepBlock.to_wire`):
+        what a worker ships to the controller, in storing order. The other items travel as JSON
+        text (for xdist's channel), or with ``objects`` as the items themselves (for a pickle)."""
         table = self.step_table()
         out: list[dict[str, Any]] = [] if table is None else [table.to_wire()]
         # Reasons not yet built stay behind: they are read where the items were scored (a worker's
         # assertions show its worst items), never by the controller, and building them all cost
         # a re-scoring of every trajectory.
+        items = (replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v
+                 for v in self._items.values() if isinstance(v, Item))
+        if objects:
+            # Pickled as they are: no dict per item on either side (Item.from_dict for a large
+            # gate's trajectory items was most of the controller's merge).
+            kept = list(items)
+            return [*out, {"items": kept}] if kept else out
         # The items as one JSON text: xdist's channel serialises each Python object it carries one
         # by one, which for a large gate's trajectory items cost more memory than the items. Written
         # item by item: the dicts of every item at once were most of a large worker's export peak.
         text = io.StringIO()
-        for v in self._items.values():
-            if isinstance(v, Item):
-                text.write("," if text.tell() else "[")
-                text.write(json.dumps(
-                    (replace(v, clone_reasons=()) if isinstance(v.clone_reasons, LazyReasons) else v).to_dict()))
+        for item in items:
+            text.write("," if text.tell() else "[")
+            text.write(json.dumps(item.to_dict()))
         return [*out, {"items_json": text.getvalue() + "]"}] if text.tell() else out
 
     def merge(self, rows: Iterable[Mapping[str, Any]], trajectories: Mapping[str, Any] | None = None) -> None:
@@ -1010,6 +1016,11 @@ class ResultsStore:
         for row in rows:
             if "items_json" in row:
                 self.merge(json.loads(row["items_json"]), trajectories)
+                continue
+            if "items" in row:  # Item records themselves (a pickled export)
+                for item in row["items"]:
+                    if item.id not in self._items and self.get(item.id) is None:
+                        self.put(item)
                 continue
             if row.get("block"):
                 block = StepBlock.from_wire(row, trajectories or {})

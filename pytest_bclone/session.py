@@ -283,10 +283,11 @@ class BcloneSession:
         return dict(decide(self.verdicts).routes)
 
     # -- xdist ---------------------------------------------------------------------------------------
-    def export(self) -> dict[str, Any]:
-        """What a worker sends the controller (JSON-able)."""
+    def export(self, *, objects: bool = False) -> dict[str, Any]:
+        """What a worker sends the controller: JSON-able but for the blocks' bytes, or with
+        ``objects`` the results store's items as records (for a pickle; see ResultsStore.export)."""
         r = self.runner
-        return {"items": self.store.export(), "verdicts": [v.to_dict() for v in self.verdicts],
+        return {"items": self.store.export(objects=objects), "verdicts": [v.to_dict() for v in self.verdicts],
                 "gate_tests": {t.nodeid: t.cohort for t in self.gate_tests.values()},
                 "agents": r.agent_names, "wall_s": r.wall_s, "cache": dict(r.cache_counts),
                 "user": {"mode": r.user_mode, "calls": r.user_calls}, "shift_threshold": r.shift_threshold, "sequential": [run.to_dict() for run in self.sequential_runs],

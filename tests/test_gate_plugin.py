@@ -401,6 +401,40 @@ def test_xdist_a_test_naming_two_cohorts_joins_their_groups(gate: pytest.Pyteste
     _serial_then_two_workers(gate, passed=4)
 
 
+def test_xdist_workers_of_a_large_gate_exit_fast_and_the_report_is_unchanged(gate: pytest.Pytester):
+    """Each worker with many results (the threshold lowered here) ends through fast_exit once its
+    results are shipped (the controller waits for every worker's process to end), and the run's
+    report is the serial one."""
+    pytest.importorskip("xdist")
+    gate.makeconftest(CONFTEST + '''
+import os
+import pytest_bclone.plugin as plugin
+
+plugin.FAST_EXIT_ITEMS = 1
+_fast_exit = plugin.fast_exit
+
+
+def fast_exit(config, code):
+    with open(f"fast_exit.{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log", "w") as f:
+        f.write(str(code))
+    _fast_exit(config, code)
+
+
+plugin.fast_exit = fast_exit
+''')
+    gate.makepyfile(test_split="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        @pytest.mark.parametrize("cohort", ["good", "bad", "broken"])
+        def test_parity(cohort):
+            assert_parity(cohort, within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+    """)
+    _serial_then_two_workers(gate, passed=3)
+    assert sorted(p.name for p in gate.path.glob("fast_exit.*.log")) == [
+        "fast_exit.gw0.log", "fast_exit.gw1.log", "fast_exit.main.log"]
+
+
 def test_judge_metric_gates_through_litellm_and_counts_judge_failures(gate: pytest.Pytester, monkeypatch):
     """--bclone-judge: the judge is a real litellm call to a local OpenAI-compatible server.
 
