@@ -330,24 +330,25 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
     refusals: tuple[bool, ...] = ()
     names: frozenset[str] = frozenset()
     refusal_key = _refusal_key(safety) if safety is not None else None
+    steps = 0
     for point, action in pairs:
-        if action is None:
-            raise _failed("score_steps_columns", point)
-        t = point[0]
+        t, step, index = point  # one unpacking, not three lookups (a million points per run)
         if t is not last:
             ex = _compile(t)
             tools, actions, indexes, plain = ex[0], ex[1], ex[2], ex[3]
+            steps = len(indexes)
             names = tools.names
             if safety is not None and refusal_key is not None:
                 refusals = _expert_refusals(t, safety, ex, refusal_key)
             last = t
-        assert tools is not None and ex is not None
-        step = point[1]
-        if not (0 <= step < len(indexes) and indexes[step] == point[2]):
+        if action is None:
+            raise _failed("score_steps_columns", point)
+        if step >= steps or step < 0 or indexes[step] != index:
             # a hand-built point naming another message: the general path, whole (it fills every
             # column; those not asked for are dropped)
             _one_general(point, action, compare_text, safety, sel_add, arg_add, mat_add, saf_add, dead_add)
             continue
+        assert tools is not None and ex is not None
         expert = actions[step]
         ecalls = expert.tool_calls
         calls = action.tool_calls
@@ -400,6 +401,8 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
             pass
         elif n == 0:
             dead_add(1.0)
+        elif n == 1:
+            dead_add(1.0 if calls[0].name in names else 0.0)
         else:
             for call in calls:
                 if call.name not in names:
