@@ -44,9 +44,17 @@ def _registry(compare_text: bool, policy: StateChangePolicy) -> EvaluatorRegistr
     return registry
 
 
+class _AlsoTransfers(StateChangePolicy):
+    """A policy whose own is_transfer also counts the tool ``a`` (the fast path must call it)."""
+
+    def is_transfer(self, name: str) -> bool:
+        return name == "a" or super().is_transfer(name)
+
+
 REGISTRIES = [
     default_registry(),
     _registry(True, StateChangePolicy.with_overrides(state_changing=["find_user"], read_only=["modify_items"])),
+    _registry(False, _AlsoTransfers()),
 ]
 
 # --- generators -------------------------------------------------------------------------------------

@@ -198,6 +198,8 @@ def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, ex: _Expe
         policy = evaluator.policy
         pattern = evaluator.refusal_pattern
         is_transfer = policy.is_transfer
+        # StateChangePolicy.is_transfer inlined, unless a subclass overrides it
+        prefixes = policy.transfer_prefixes if type(policy).is_transfer is StateChangePolicy.is_transfer else None
         tools = ex[0]
         out: list[bool] = []
         add = out.append
@@ -208,7 +210,7 @@ def _expert_refusals(trajectory: Trajectory, evaluator: SafetyRefusal, ex: _Expe
                 add(bool(text) and is_refusal(text, pattern))
                 continue
             for c in calls:
-                if is_transfer(c.name):
+                if c.name.startswith(prefixes) if prefixes is not None else is_transfer(c.name):
                     add(True)
                     break
             else:  # the common call without text is no refusal: no regex, no policy
@@ -361,9 +363,13 @@ def _fast_steps(pairs: Sequence[Pair], *, compare_text: bool, safety: SafetyRefu
             if call.name == ecall.name:
                 raw = call.arguments
                 eraw = ecall.arguments
-                p = plain[step]
-                if raw is eraw or (raw == eraw and (p if p is not None else _plain_at(ex, step))):
-                    value = 1.0  # the same arguments (see _plain for why raw equality suffices)
+                if raw is eraw:
+                    value = 1.0
+                elif raw == eraw:  # the same arguments when the expert's are plain (see _plain)
+                    p = plain[step]
+                    if p is None:
+                        p = plain[step] = _plain_args(eraw)  # _plain_at of one parseable call
+                    value = 1.0 if p else arg_agreement(_norms_at(ex, step)[0], normalize_args(call, tools))
                 else:
                     value = arg_agreement(_norms_at(ex, step)[0], normalize_args(call, tools))
                 sel_add(1.0)
