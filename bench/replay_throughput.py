@@ -7,6 +7,10 @@ after 50 ms, at concurrency 64, all in one run so both sides see the same machin
 * ``cold``:  ``run_replay`` with an empty cache (every call goes out and is recorded, fsync'd).
 * ``warm``:  ``run_replay`` again on that cache (no call goes out).
 * ``off``:   ``run_replay`` with ``--bclone-cache-mode=off`` (what the engine costs without recording).
+* ``cold``, no gc.freeze: ``cold`` with the engine's freeze of the heap it found turned off (its
+  share: a full collection walks litellm's modules, ~0.2 s each; the bare loop pays them too).
+
+A full collection runs before each measured run, so none inherits the garbage of the one before.
 
 Each line reports the CPU per call of the event-loop thread (``thread_time``: litellm and bclone
 both run there) and of the whole process (``process_time``: also litellm's logging threads and
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import statistics
 import subprocess
 import sys
@@ -140,16 +146,33 @@ def bare(points: list[DecisionPoint], base_url: str, concurrency: int, setting: 
 
 
 def ours(points: list[DecisionPoint], base_url: str, concurrency: int, cache_dir: str,
-         mode: str = "new_episodes") -> tuple[float, int, int]:
-    """run_replay with the litellm agent and the cache; returns (wall, failed, cached)."""
+         mode: str = "new_episodes", freeze: bool = True) -> tuple[float, int, int]:
+    """run_replay with the litellm agent and the cache; returns (wall, failed, cached).
+    ``freeze=False``: without the engine's :func:`gc.freeze` of the heap it found (to show its share)."""
     agent = LitellmAgent("openai/stub", params={"api_base": base_url, "api_key": "k"},
                          cache=ModelCache(cache_dir, mode), retry=RetryPolicy(timeout=60))
     start = time.perf_counter()
-    result = run_replay(points, {"clone": agent}, concurrency=concurrency, progress=False)
+    with contextlib.ExitStack() as stack:
+        if not freeze:
+            stack.enter_context(_unfrozen())
+        result = run_replay(points, {"clone": agent}, concurrency=concurrency, progress=False)
     wall = time.perf_counter() - start
     totals = result.totals()["clone"]
     return wall, totals.failed, totals.cached
 
+
+
+@contextlib.contextmanager
+def _unfrozen() -> Any:
+    """The engine with its heap freeze turned off (a measurement device, not an option)."""
+    from pytest_bclone import replay
+
+    saved = replay._frozen_heap
+    replay._frozen_heap = contextlib.nullcontext  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        replay._frozen_heap = saved
 
 
 class Meter:
@@ -161,6 +184,7 @@ class Meter:
         self.proc: dict[str, list[float]] = {}
 
     def run(self, name: str, fn: Callable[[], object]) -> Any:
+        gc.collect()  # no run inherits the garbage (or the collector's counts) of the one before it
         loop, proc, start = time.thread_time(), time.process_time(), time.perf_counter()
         out = fn()
         self.wall.setdefault(name, []).append(time.perf_counter() - start)
@@ -203,6 +227,9 @@ def main() -> None:
                 meter.run("bare", partial(bare, points, base_url, args.concurrency))
                 _, failed, cached = meter.run("cold", partial(ours, points, base_url, args.concurrency, cache_dir))
                 assert failed == 0 and cached == 0, (failed, cached)
+                _, failed, cached = meter.run("cold unfrozen", partial(
+                    ours, points, base_url, args.concurrency, cache_dir + "-unfrozen", freeze=False))
+                assert failed == 0 and cached == 0, (failed, cached)
                 _, failed, cached = meter.run("warm", partial(ours, points, base_url, args.concurrency, cache_dir))
                 assert failed == 0 and cached == len(points), (failed, cached)
                 _, failed, cached = meter.run("off", partial(ours, points, base_url, args.concurrency, cache_dir, "off"))
@@ -230,6 +257,7 @@ def report_main(meter: Meter, n: int, args: argparse.Namespace) -> None:
           "(also litellm's logging threads and the cache's writer threads); the server is another process.")
     print(f"{'run':<28}{'wall s':>9}{'states/s':>10}{'loop ms/call':>14}{'proc ms/call':>14}   wall of each round")
     for name, label in (("bare", "bare litellm + semaphore"), ("cold", "run_replay, cold cache"),
+                        ("cold unfrozen", "  the same, no gc.freeze"),
                         ("warm", "run_replay, warm cache"), ("off", "run_replay, cache off")):
         wall = meter.med(meter.wall, name)
         rounds = ", ".join(f"{w:.2f}" for w in meter.wall[name])
@@ -243,6 +271,9 @@ def report_main(meter: Meter, n: int, args: argparse.Namespace) -> None:
           f"(+{proc_cold - proc_bare:.3f} ms): {meter.paired(meter.proc, 'cold', 'bare'):.3f}x")
     print(f"{'cold / bare, wall':<28}{meter.paired(meter.wall, 'cold', 'bare'):>9.3f}x   goal <= 1.10x "
           "(median of per-round ratios; wall also counts other processes' load on the machine)")
+    print(f"{'cold no gc.freeze / bare':<28}{meter.paired(meter.loop, 'cold unfrozen', 'bare'):>9.3f}x loop, "
+          f"{meter.paired(meter.proc, 'cold unfrozen', 'bare'):.3f}x process, "
+          f"{meter.paired(meter.wall, 'cold unfrozen', 'bare'):.3f}x wall (the engine's heap freeze turned off)")
     print(f"{'off / bare, wall':<28}{meter.paired(meter.wall, 'off', 'bare'):>9.3f}x")
     print(f"{'cold / warm (speed-up)':<28}{meter.med(meter.wall, 'cold') / meter.med(meter.wall, 'warm'):>9.1f}x"
           "   goal >= 20x", flush=True)

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import gc
 import inspect
 import json
+import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -726,14 +729,44 @@ async def _boxed(coro: Coroutine[Any, Any, T]) -> _Box:
         return _Box(None, exc)
 
 
+_FROZEN = [0]  # replays running that froze the heap (see _frozen_heap)
+_FROZEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep the objects that exist when a replay starts out of the garbage collector's full
+    collections while it runs (:func:`gc.freeze`; unfrozen when the last running replay ends).
+
+    Why: a replay allocates per call, and each full collection walks every tracked object,
+    litellm's modules and the dataset included (~0.2 s each in the replay bench, 0.1-0.35 ms per
+    call amortised over 2,000 calls); the objects the run creates are still collected as usual. A
+    process that froze objects itself (a pre-fork server) keeps its own choice: nothing is done."""
+    with _FROZEN_LOCK:
+        ours = _FROZEN[0] > 0 or not gc.get_freeze_count()
+        if ours:
+            if _FROZEN[0] == 0:
+                gc.freeze()
+            _FROZEN[0] += 1
+    try:
+        yield
+    finally:
+        if ours:
+            with _FROZEN_LOCK:
+                _FROZEN[0] -= 1
+                if _FROZEN[0] == 0:
+                    gc.unfreeze()
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``, also from code that already runs a loop (then on a helper thread)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        box = asyncio.run(_boxed(coro))
+        with _frozen_heap():
+            box = asyncio.run(_boxed(coro))
     else:
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bclone-replay") as pool, _frozen_heap():
             box = pool.submit(asyncio.run, _boxed(coro)).result()
     if box.interrupt is not None:
         raise box.interrupt

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -236,3 +238,41 @@ def test_the_recorded_expert_is_read_directly_and_answers_as_it_acts() -> None:
     assert [(it.key, it.repeat) for it in result.items] == [(p.key, r) for p in POINTS for r in range(2)]
     assert all(result.reply(p.key, role, r) == columns.replies[role][r][i]
                for i, p in enumerate(POINTS) for role in agents for r in range(2))
+
+
+def test_a_replay_keeps_the_objects_it_found_out_of_full_collections_while_it_runs() -> None:
+    class Old:  # a cycle created before the replay, garbage during it
+        pass
+
+    old = Old()
+    old.self = old  # type: ignore[attr-defined]
+    dead = weakref.ref(old)
+    seen: list[tuple[int, bool]] = []
+
+    def agent(state: State) -> Action:
+        del_old()
+        gc.collect()
+        seen.append((gc.get_freeze_count(), dead() is not None))
+        return Action(text="x")
+
+    def del_old() -> None:
+        nonlocal old
+        old = None  # type: ignore[assignment]
+
+    assert gc.get_freeze_count() == 0
+    run_replay(POINTS[:2], {"clone": PythonAgent(agent)}, progress=False)
+    assert seen and all(count > 0 for count, _ in seen)  # frozen during the replay...
+    assert seen[0][1]  # ...so the old cycle was not collected then
+    assert gc.get_freeze_count() == 0  # and unfrozen after it
+    gc.collect()
+    assert dead() is None  # collected as usual once the replay is over
+
+
+def test_a_process_that_froze_objects_itself_keeps_them_frozen() -> None:
+    gc.freeze()
+    try:
+        run_replay(POINTS[:2], {"clone": PythonAgent(lambda state: Action(text="x"))}, progress=False)
+        # Still frozen (the count itself may shrink: frozen objects freed by reference counting).
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
