@@ -324,6 +324,20 @@ class ActionColumn(Sequence["Action | None"]):
         return ActionColumn(all_codes, objects, flags)
 
 
+def _table_code(a: Action, seen: dict[Any, int], table: list[Any]) -> int:
+    """The index of ``a`` in a wire table of distinct actions (added when new)."""
+    try:
+        k: Any = ("v", a)
+        code = seen.get(k)
+    except TypeError:  # an action with dict arguments: by identity
+        k = ("i", id(a))
+        code = seen.get(k)
+    if code is None:
+        code = seen[k] = len(table)
+        table.append(a.to_dict())
+    return code
+
+
 def _unparseable(actions: Iterable[Action | None]) -> Any:
     import numpy as np
 
@@ -461,6 +475,41 @@ class StepBlock:
             return np.zeros(len(self), dtype=bool)
         v = self.scores["clone"][:, self.metrics.index("action_match")]
         return self.scored["clone"] & (v < 1.0)  # nan < 1 is False, as for a missing score
+
+    def compact_actions(self) -> None:
+        """Hold both roles' actions as :class:`ActionColumn` codes, in place: a row whose action is
+        the recording's own (the very object its trajectory's ``expert_actions()`` holds) refers to
+        it (``-2``), read again from the trajectory when a row is shown, as in a block that crossed
+        the xdist channel; the expert's action is kept itself where the clone's differs (the
+        confusion table reads those). The same actions are read back, and the recording's parsed
+        actions may then be dropped (a million of them were about a third of a large gate's memory)."""
+        import numpy as np
+
+        if self.trajectories is None or any(isinstance(a, ActionColumn) for a in self.actions.values()):
+            return
+        clone, expert = self.actions["clone"], self.actions["expert"]
+        n = len(self)
+        codes = {r: np.empty(n, dtype=np.int32) for r in ROLES}
+        objects: dict[str, list[Action | None]] = {r: [] for r in ROLES}
+        for t, trajectory in enumerate(self.trajectories):
+            own = trajectory.expert_actions()
+            for row in self.trajectory_rows(t):
+                c, e = clone[row], expert[row]
+                step = int(self.step[row])
+                mine = own[step] if step < len(own) else None
+                for role, a, ref in (("clone", c, mine is not None and c is mine),
+                                     ("expert", e, mine is not None and e is mine and c is e)):
+                    if a is None:
+                        codes[role][row] = -1
+                    elif ref:
+                        codes[role][row] = -2
+                    else:
+                        codes[role][row] = len(objects[role])
+                        objects[role].append(a)
+        columns = {r: ActionColumn(codes[r], objects[r], _unparseable(self.actions[r])) for r in ROLES}
+        for column in columns.values():
+            column._block = self
+        self.actions = dict(columns)
 
     def unparseable_count(self, role: str) -> int:
         """How many of ``role``'s actions have tool-call arguments that are not a JSON object."""
@@ -644,6 +693,18 @@ class StepBlock:
         table: list[Any] = []
         seen: dict[Any, int] = {}
         recorded = self.trajectories
+        if isinstance(actions, ActionColumn) and not any(int(actions.codes[r]) == -2 for r in inline):
+            # Codes already (StepBlock.compact_actions): a reference stays one, no trajectory is read.
+            kinds = actions.codes
+            for row in range(len(actions)):
+                code = int(kinds[row])
+                if code < 0:
+                    codes[row] = code
+                    continue
+                a = actions.objects[code]
+                assert a is not None
+                codes[row] = _table_code(a, seen, table)
+            return {"codes": codes.tobytes(), "table": table}
         for t in range(len(self.tids)):
             own = recorded[t].expert_actions() if recorded is not None else ()
             for row in self.trajectory_rows(t):
@@ -655,16 +716,7 @@ class StepBlock:
                 if step < len(own) and own[step] is a and row not in inline:
                     codes[row] = -2  # the recording's own action: the controller has it
                     continue
-                try:
-                    k: Any = ("v", a)
-                    code = seen.get(k)
-                except TypeError:  # an action with dict arguments: by identity
-                    k = ("i", id(a))
-                    code = seen.get(k)
-                if code is None:
-                    code = seen[k] = len(table)
-                    table.append(a.to_dict())
-                codes[row] = code
+                codes[row] = _table_code(a, seen, table)
         return {"codes": codes.tobytes(), "table": table}
 
     @classmethod

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
-from itertools import pairwise
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import timing
@@ -226,14 +226,19 @@ class Runner:
         traj_vals: dict[str, list[list[tuple[float, ...] | None]]] = {r: [] for r in ROLES}
         reason_at = np.full(n, -1, dtype=np.int32)  # the clone's repeat 0: index in its scoring columns
         clone_cols: Any = None
+        clone_source: list[Sequence[Action | None]] = [[reply.action for reply in replies["clone"][0]]]
+        cols: Any = None
+        tcols: Any = None
         traj_reasons: dict[str, Any] = {}
         errors: dict[str, dict[str, str]] = {r: {} for r in ROLES}  # trajectory id -> first error
         point_errors: dict[str, dict[int, str]] = {r: {} for r in ROLES}  # point -> first error
         for role in ROLES:
             for rep in range(repeats):
                 rl = replies[role][rep]
-                actions = [reply.action for reply in rl]
-                ok = [i for i, a in enumerate(actions) if a is not None]
+                actions = clone_source[0] if role == "clone" and rep == 0 else [reply.action for reply in rl]
+                # Every point answered (the usual case): ``ok`` is all rows, with no list of a
+                # million indexes built (a transient of tens of MB at the end of a large replay).
+                ok: Any = range(n) if None not in actions else [i for i, a in enumerate(actions) if a is not None]
                 failed_traj: set[str] = set()
                 if len(ok) < n:
                     for i, (p, reply) in enumerate(zip(points, rl)):
@@ -241,27 +246,34 @@ class Runner:
                             point_errors[role].setdefault(i, reply.stats.error or "failed")
                             errors[role].setdefault(p.trajectory_id, reply.stats.error or "failed")
                             failed_traj.add(p.trajectory_id)
-                pairs = [(points[i], actions[i]) for i in ok]
+                pair_list = list(zip(points, actions)) if len(ok) == n else [(points[i], actions[i]) for i in ok]
+                keep = role == "clone" and rep == 0  # the scoring columns kept for the clone's reasons
+                pairs: Sequence[tuple[DecisionPoint, Action | None]] = _Pairs(pair_list) if keep else pair_list
                 cols = score_steps_columns(self.registry, step_metrics, pairs)
                 vals = np.full((n, m), np.nan)
+                rows: Any = slice(None) if len(ok) == n else ok
                 got = np.zeros(n, dtype=bool)
-                got[ok] = True
+                got[rows] = True
                 if m and ok:
-                    vals[ok] = np.column_stack([np.asarray(cols.values[k], dtype=np.float64) for k in step_metrics])
+                    vals[rows] = np.column_stack([np.asarray(cols.values[k], dtype=np.float64) for k in step_metrics])
                 if role == "clone" and rep == 0:
                     clone_cols = cols
-                    reason_at[ok] = np.arange(len(ok), dtype=np.int32)
+                    reason_at[rows] = np.arange(len(ok), dtype=np.int32)
                 point_vals[role].append(vals)
                 point_ok[role].append(got)
                 # One group per trajectory whose every point was answered (none failed), in order.
-                if len(ok) == n:  # every point answered: ``pairs`` is aligned with ``points``
-                    glist = [pairs[a:b] for a, b in pairwise(bounds) if b > a]
+                # (trajectory index, its first point) of each group
+                gat = [(g, a) for g, (t, a, b) in enumerate(zip(trajectories, bounds, bounds[1:]))
+                       if b > a and t.id not in failed_traj]
+                if len(ok) == n:  # every point answered: ``pair_list`` is aligned with ``points``
+                    glist = [pair_list[a:bounds[g + 1]] for g, a in gat]
                 else:
-                    glist = [list(zip(points[a:b], actions[a:b]))
-                             for t, a, b in zip(trajectories, bounds, bounds[1:]) if b > a and t.id not in failed_traj]
+                    glist = [list(zip(points[a:bounds[g + 1]], actions[a:bounds[g + 1]])) for g, a in gat]
+                del pair_list
+                groups: Sequence[Sequence[tuple[DecisionPoint, Action | None]]] = _Pairs(glist) if keep else glist
                 tvals: dict[str, tuple[float, ...]] = {}
                 if glist:
-                    tcols = score_trajectories_columns(self.registry, traj_metrics, glist)
+                    tcols = score_trajectories_columns(self.registry, traj_metrics, groups)
                     tcolumns = [tcols.values[k].tolist() for k in traj_metrics]
                     for g, group in enumerate(glist):
                         tid = group[0][0].trajectory_id
@@ -269,6 +281,20 @@ class Runner:
                         if role == "clone" and rep == 0:
                             traj_reasons[tid] = (tcols, g)
                 traj_vals[role].append([tvals.get(t.id) for t in trajectories])
+                if keep:
+                    # The pairs go now, before the next role's are built: the kept columns rebuild
+                    # one from the clone's actions (the block's, once it is built) when a reason is read.
+                    _detach(pairs, groups, gat, None if len(ok) == n else ok, trajectories, bounds, clone_source)
+                del glist, groups, pairs
+        # The last role's scoring columns hold its (point, action) pairs, and nothing below reads a
+        # decision point: dropped before the block is built, not at return (the end of a large
+        # replay is this process's peak).
+        cols = tcols = None
+        del actions, points, result  # the replay result holds a list of the points too
+        for t in trajectories:
+            # The evaluators' per-trajectory facts served this scoring pass and nothing after it: a
+            # third of what a large gate kept once scored (a reason read later derives them again).
+            t.forget_memo()
         step_m, traj_m = tuple(step_metrics), tuple(traj_metrics)
         scores: dict[str, Any] = {}
         scored: dict[str, Any] = {}
@@ -289,29 +315,32 @@ class Runner:
             per = [[reply.stats for reply in replies[role][k]] for k in range(repeats)]
             calls[role] = [calls_seen.setdefault(c, c) for c in zip(*per)]
         dead: dict[int, tuple[str, ...]] = {}
-        clone0 = [reply.action for reply in replies["clone"][0]]
+        clone0 = clone_source[0]
         for g, t in enumerate(trajectories):
             offered = t.tool_names  # once per trajectory, not once per point
             for i in range(bounds[g], bounds[g + 1]):
                 a = clone0[i]
                 if a is not None and a.tool_calls and (gone := _dead_tools(offered, a)):
                     dead[i] = gone
-        kept = [g for g in range(len(trajectories)) if bounds[g + 1] > bounds[g]]
+        has_points = [g for g in range(len(trajectories)) if bounds[g + 1] > bounds[g]]
         starts = np.asarray(bounds, dtype=np.int64)
-        self.store.add_block(StepBlock(
-            [trajectories[g].id for g in kept], [tuple(trajectories[g].cohorts) for g in kept],
-            np.concatenate([[0], np.cumsum(np.diff(starts)[kept])]),
+        block = StepBlock(
+            [trajectories[g].id for g in has_points], [tuple(trajectories[g].cohorts) for g in has_points],
+            np.concatenate([[0], np.cumsum(np.diff(starts)[has_points])]),
             np.arange(n, dtype=np.int32) - np.repeat(starts[:-1], np.diff(starts)).astype(np.int32),
             step_m, scores, scored, point_errors,
             {"clone": clone0, "expert": [reply.action for reply in replies["expert"][0]]}, calls, dead,
             None if not flags else np.fromiter((f.is_ood for f in flags), dtype=np.int8, count=n),
             None if not flags else np.fromiter((f.distance for f in flags), dtype=np.float64, count=n),
-            clone_cols if step_m else None, reason_at, [trajectories[g] for g in kept],
-        ))
-        for t in trajectories:
-            # The evaluators' per-trajectory facts served this scoring pass and nothing after it: a
-            # third of what a large gate kept once scored (a reason read later derives them again).
-            t.forget_memo()
+            clone_cols if step_m else None, reason_at, [trajectories[g] for g in has_points],
+        )
+        # The block refers to the recording's own actions instead of holding them, and what the
+        # kept scoring columns would rebuild a reason from is rebuilt when a reason is read:
+        # every parsed recorded action, (point, action) pair and decision point of the run was
+        # kept to the end otherwise (about 40% of a million-point gate's memory).
+        block.compact_actions()
+        clone_source[0] = block.actions["clone"]
+        self.store.add_block(block)
         for g, t in enumerate(trajectories):
             first = bounds[g]
             steps = bounds[g + 1] - first
@@ -323,6 +352,10 @@ class Runner:
                 {r: errors[r].get(t.id) for r in ROLES}, traj_reasons.get(t.id),
                 clone_cost=costs["clone"], expert_cost=costs["expert"],
             ))
+        for t in trajectories:
+            # The parsed recorded actions too, now that the block refers to them (parsed again,
+            # equal, when a shown row reads one).
+            object.__setattr__(t, "_actions", None)
 
     def _fill_by_batch(self, points: Sequence[DecisionPoint]) -> None:
         """``--bclone-batch``: the cache misses of ``points`` go through the provider batch API first,
@@ -481,6 +514,65 @@ class Runner:
                 return None
             total += cost
         return total
+
+
+class _Pairs(Sequence[Any]):
+    """A list of ``(point, action)`` pairs (or of groups of them) handed to the scoring columns,
+    which keep it to rebuild a reason on demand. Iterated at list speed while scoring; once
+    :meth:`detach`-ed it holds no pair and rebuilds the one asked for."""
+
+    __slots__ = ("_items", "_n", "_rebuild")
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items: list[Any] | None = items
+        self._n = len(items)
+        self._rebuild: Callable[[int], Any] | None = None
+
+    def detach(self, rebuild: Callable[[int], Any]) -> None:
+        """Drop the pairs: entry ``i`` is ``rebuild(i)`` from now on (an equal value)."""
+        self._items, self._rebuild = None, rebuild
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._items is not None:
+            return iter(self._items)
+        return (self[i] for i in range(self._n))
+
+    def __getitem__(self, i: Any) -> Any:
+        if self._items is not None:
+            return self._items[i]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        k = i + self._n if i < 0 else i
+        if not 0 <= k < self._n:
+            raise IndexError(i)
+        assert self._rebuild is not None
+        return self._rebuild(k)
+
+
+def _detach(pairs: Any, groups: Any, gat: list[tuple[int, int]], ok: list[int] | None,
+            trajectories: Sequence[Trajectory], bounds: list[int], source: list[Sequence[Action | None]]) -> None:
+    """Detach the clone's scored pairs and trajectory groups (:class:`_Pairs`): each is rebuilt,
+    equal to what was scored, from its trajectory's decision points and the clone's actions
+    (``source[0]``: the replay's list, then the step block's column that replaces it)."""
+    import numpy as np
+
+    rows = None if ok is None else np.asarray(ok, dtype=np.int64)
+
+    def pair(i: int) -> tuple[DecisionPoint, Action | None]:
+        row = i if rows is None else int(rows[i])
+        g = bisect_right(bounds, row) - 1
+        return trajectories[g].decision_points()[row - bounds[g]], source[0][row]
+
+    def group(k: int) -> list[tuple[DecisionPoint, Action | None]]:
+        g, a = gat[k]
+        actions = source[0]
+        return [(p, actions[a + j]) for j, p in enumerate(trajectories[g].decision_points())]
+
+    pairs.detach(pair)
+    groups.detach(group)
 
 
 def _fold(samples: Sequence[tuple[float, ...]], metrics: tuple[str, ...], binary: Mapping[str, bool]) -> tuple[float, ...]:

@@ -246,3 +246,43 @@ def test_scored_trajectories_keep_no_evaluator_memo(tmp_path):
     assert ts and all(t._memo is None for t in ts)  # released once scored
     item = session.store.get(ItemKey("step", "step", f"{ts[2].id}#0"))
     assert isinstance(item.reason("action_match"), str)  # a reason read later derives them again
+
+
+def test_scored_steps_keep_no_parsed_action_pair_or_point(tmp_path):
+    """Once a replay is scored, the run holds no parsed recorded action, no decision point and no
+    (point, action) pair (at a million points they were about 40% of the gate's memory): the block
+    refers to the recording's own actions, and the clone's scoring columns rebuild what a reason
+    needs. Read back, actions and reasons are the recorded ones and the general path's."""
+    import gc
+
+    from pytest_bclone.records import DecisionPoint
+    from pytest_bclone.results import ActionColumn
+
+    session = _session(tmp_path, 42)  # MixedClone: copies, diverges, answers text, fails
+    ts = session.runner.eval_trajectories
+    assert all(t._actions is None for t in ts)
+    table = session.store.step_table()
+    assert table is not None and all(isinstance(a, ActionColumn) for a in table.actions.values())
+    copied = int((table.actions["clone"].codes == -2).sum())
+    assert copied > len(table) // 2  # the recording's own actions are references
+    gc.unfreeze()  # the runner froze what it keeps: gc.get_objects() lists no frozen object
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, DecisionPoint)]
+    # Read back (in the other test too): each row's actions and the clone's reasons.
+    reg = session.registry
+    step_m, _, _, _ = session.runner._metrics()
+    diverging = 0
+    for t in ts:
+        recorded = json.loads(t.messages.text)
+        for p in t.decision_points():
+            item = session.store.get(ItemKey("step", "step", p.key))
+            if item is None:
+                continue
+            assert item.action("expert") == Action.from_message(recorded[p.message_index])
+            clone = item.action("clone")
+            if clone is None:
+                continue
+            diverging += clone != item.action("expert")
+            want = score_steps(reg, step_m, [(p, clone)])
+            assert tuple(item.clone_reasons) == tuple(want[m][0].reason for m in step_m)
+    assert diverging
