@@ -21,6 +21,8 @@ import json
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress, repeat
+from operator import is_
 from typing import Any
 
 from .records import Action, CallStats
@@ -489,23 +491,27 @@ class StepBlock:
             return
         clone, expert = self.actions["clone"], self.actions["expert"]
         n = len(self)
-        codes = {r: np.empty(n, dtype=np.int32) for r in ROLES}
-        objects: dict[str, list[Action | None]] = {r: [] for r in ROLES}
+        steps = self.step.tolist()
+        mine: list[Action | None] = []  # per row, the recording's own action at its step
         for t, trajectory in enumerate(self.trajectories):
             own = trajectory.expert_actions()
-            for row in self.trajectory_rows(t):
-                c, e = clone[row], expert[row]
-                step = int(self.step[row])
-                mine = own[step] if step < len(own) else None
-                for role, a, ref in (("clone", c, mine is not None and c is mine),
-                                     ("expert", e, mine is not None and e is mine and c is e)):
-                    if a is None:
-                        codes[role][row] = -1
-                    elif ref:
-                        codes[role][row] = -2
-                    else:
-                        codes[role][row] = len(objects[role])
-                        objects[role].append(a)
+            k = len(own)
+            mine.extend([own[s] if s < k else None for s in steps[int(self.starts[t]):int(self.starts[t + 1])]])
+        # Compared object by object in C (operator.is_ over the columns), not in a Python loop per row.
+        c_ref = np.fromiter(map(is_, clone, mine), dtype=bool, count=n)
+        e_ref = np.fromiter(map(is_, expert, mine), dtype=bool, count=n) & np.fromiter(
+            map(is_, clone, expert), dtype=bool, count=n)
+        codes: dict[str, Any] = {}
+        objects: dict[str, list[Action | None]] = {}
+        for role, column, ref in (("clone", clone, c_ref), ("expert", expert, e_ref)):
+            none = np.fromiter(map(is_, column, repeat(None)), dtype=bool, count=n)
+            ref &= ~none  # None is no one's own action (a missing step's ``mine`` is None too)
+            kept = ~(ref | none)
+            code = np.cumsum(kept, dtype=np.int64) - 1
+            code[ref] = -2
+            code[none] = -1
+            codes[role] = code.astype(np.int32)
+            objects[role] = list(compress(column, kept.tolist()))
         columns = {r: ActionColumn(codes[r], objects[r], _unparseable(self.actions[r])) for r in ROLES}
         for column in columns.values():
             column._block = self
