@@ -818,10 +818,10 @@ class _DataTally:
         self.cohorts: dict[str, Counter[str]] = {}
         self.toolset: set[str] = set()
         self.ids: list[Any] = []
-        self.bad_toolsets: list[str] = []
+        self.bad_toolsets: list[tuple[str, str]] = []  # (data file, the start of the text)
         self._toolset_texts: set[str] = set()
 
-    def add(self, table: Any) -> None:
+    def add(self, table: Any, fpath: str) -> None:
         self.rows += table.num_rows
         split = table.column("split")
         if pa.types.is_dictionary(split.type):
@@ -853,7 +853,7 @@ class _DataTally:
                 try:
                     self.toolset.update(tool_name(t) for t in json.loads(text))
                 except (ValueError, TypeError, AttributeError):
-                    self.bad_toolsets.append(text[:60])
+                    self.bad_toolsets.append((fpath, text[:60]))
         self.ids.append(table.column("id"))
 
     def counts(self) -> dict[str, Any]:
@@ -925,12 +925,30 @@ def _make_trajectories(columns: Mapping[str, list[Any]], n: int) -> list[Traject
     return records
 
 
+class _StoredValueError(ValueError):
+    """A stored JSON column's value does not parse, or not to its field's shape: only a data file
+    forged with matching hashes gets here. ``column`` names the column, ``cause`` the parser's error."""
+
+    def __init__(self, column: str, cause: Exception) -> None:
+        super().__init__(f"{column}: {cause}")
+        self.column = column
+        self.cause = cause
+
+
+def _decoded_column(table: Any, column: str, parse: Callable[[Any], Any]) -> list[Any]:
+    try:
+        return _decoded(table.column(column), parse)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _StoredValueError(column, exc) from None
+
+
 def _table_to_trajectories(table: Any) -> list[Trajectory]:
     """Trajectory records over one data file's columns.
 
     Messages stay in Arrow (parsed on first use); a value shared by rows (toolset, cohort set,
     split, scores, metadata) is decoded once; records are built column by column, since a large
-    version has hundreds of thousands of them.
+    version has hundreds of thousands of them. Raises :class:`_StoredValueError` for a stored
+    value that does not decode.
     """
     messages: list[LazyMessages] = []
     for chunk in table.column("messages").chunks:
@@ -940,10 +958,10 @@ def _table_to_trajectories(table: Any) -> list[Trajectory]:
         "cohorts": _cohort_tuples(table.column("cohorts")),
         "split": _decoded(table.column("split"), str),
         "messages": messages,
-        "tools": _decoded(table.column("tools"), json.loads),
-        "expected": _decoded(table.column("expected"), _expected),
-        "expert_scores": _decoded(table.column("expert_scores"), json.loads),
-        "metadata": _decoded(table.column("metadata"), json.loads),
+        "tools": _decoded_column(table, "tools", json.loads),
+        "expected": _decoded_column(table, "expected", _expected),
+        "expert_scores": _decoded_column(table, "expert_scores", json.loads),
+        "metadata": _decoded_column(table, "metadata", json.loads),
         "step_indexes": list(map(tuple, table.column("steps").to_pylist())),
     }
     return _make_trajectories(columns, table.num_rows)
@@ -1099,8 +1117,14 @@ class DatasetStore:
             manifest, tables = self._check_version(path, source, check, expect=expect, keep_tables=True)
             assert manifest is not None
             trajectories: list[Trajectory] = []
-            for table in tables:
-                trajectories.extend(_table_to_trajectories(table))
+            for fpath, table in tables:
+                try:
+                    trajectories.extend(_table_to_trajectories(table))
+                except _StoredValueError as exc:
+                    raise IntegrityError(
+                        f"data file {fpath}: a stored {exc.column} value does not decode ({exc.cause}); run "
+                        f"`bclone dataset validate` on the version to list every damaged row, then {_RESTORE}"
+                    ) from None
         finally:
             if collecting:
                 gc.enable()
@@ -1141,7 +1165,7 @@ class DatasetStore:
         keep_tables: bool,
         deep: bool = False,
         report: VerifyReport | None = None,
-    ) -> tuple[dict[str, Any] | None, list[Any]]:
+    ) -> tuple[dict[str, Any] | None, list[tuple[str, Any]]]:
         manifest = self._read_manifest(path, source, check)
         if manifest is None:
             return None, []
@@ -1151,19 +1175,19 @@ class DatasetStore:
                 f"{where} names {manifest['name']}@{manifest['version']} but is stored as {expect[0]}@{expect[1]}: "
                 f"the version directory was renamed or copied; move it back, or {_RESTORE}"))
         tally = _DataTally()
-        tables = []
+        tables: list[tuple[str, Any]] = []
         listed = {e["path"] for e in manifest["files"]}
         for entry in manifest["files"]:
             table = self._read_data_file(path, entry, check)
             if table is None:
                 continue
-            tally.add(table)
+            tally.add(table, f"{path}/{entry['path']}")
             if deep:
                 self._check_rows(f"{path}/{entry['path']}", table, check)
             if report is not None:
                 report.files_checked += 1
             if keep_tables:
-                tables.append(table)
+                tables.append((f"{path}/{entry['path']}", table))
         failed_files = report is not None and report.files_checked < len(manifest["files"])
         if not failed_files:
             self._check_counts(where, manifest, tally, check)
@@ -1294,8 +1318,9 @@ class DatasetStore:
         if bad_splits:
             check.fail(IntegrityError(f"{where}: the data has split {bad_splits[0]!r}, not train or eval; {_RESTORE}"))
         if tally.bad_toolsets:
-            check.fail(IntegrityError(f"{where}: a stored toolset is not a JSON list of tools "
-                                      f"({tally.bad_toolsets[0]!r}); {_RESTORE}"))
+            fpath, text = tally.bad_toolsets[0]
+            check.fail(IntegrityError(f"data file {fpath}: a stored toolset (column tools) is not a JSON list of "
+                                      f"tools ({text!r}); {_RESTORE}"))
         elif sorted(tally.toolset) != list(manifest["toolset"]):
             check.fail(IntegrityError(
                 f"{where}: toolset records {manifest['toolset']} but the data's tools are {sorted(tally.toolset)}; "
