@@ -212,6 +212,22 @@ def _writer() -> _Writer:
     return _WRITER[1]
 
 
+def drain_writes() -> None:
+    """Return once every entry queued in this process is in place.
+
+    The interpreter waits for the writer thread when it exits normally; a process that ends with
+    ``os._exit`` (the plugin's fast exit of a large gate) must call this first, or an entry queued
+    by a call cancelled at Ctrl-C could be lost. The writer is one thread taking its jobs in order,
+    so a no-op submitted now runs after every batch queued before it."""
+    writer = _WRITER
+    if writer is not None and writer[0] == os.getpid():
+        writer[1]._pool.submit(_no_op).result()
+
+
+def _no_op() -> None:
+    pass
+
+
 _POLL_FIRST, _POLL_MAX = 0.002, 0.05
 """Seconds between attempts to take a key's file lock held by another process (doubling)."""
 

@@ -348,13 +348,18 @@ def fast_exit(config: pytest.Config, code: int) -> None:
     A million results are millions of objects: freeing them one by one when the session goes away
     cost about a tenth of a large gate's wall time, for memory the OS reclaims at once. Everything
     pytest and Python do at exit still runs first: the reports were written at session finish,
-    the rest of pytest's cleanup stack runs here, the standard streams are flushed and every
-    ``atexit`` function runs (logging's flush, coverage's data file).
+    the rest of pytest's cleanup stack runs here, the cache's queued writes finish, the standard
+    streams are flushed and every ``atexit`` function runs (logging's flush, coverage's data file).
     """
     import atexit
     import sys
 
     config._cleanup_stack.close()
+    # os._exit skips the interpreter's wait for the cache's writer thread: an entry queued by a call
+    # cancelled at Ctrl-C would be lost. Imported only if a replay loaded it.
+    cache = sys.modules.get("pytest_bclone.cache")
+    if cache is not None:
+        cache.drain_writes()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -230,6 +230,11 @@ class Trajectory:
             object.__setattr__(self, "_actions", actions)
         return actions
 
+    def forget_actions(self) -> None:
+        """Drop the parsed recorded actions (the next read parses them again, equal): for a caller
+        that has kept what it needs of them in a compact form, so a large run frees the rest."""
+        object.__setattr__(self, "_actions", None)
+
     def memo(self) -> dict[Any, Any]:
         """A per-trajectory cache for facts derived from the recording (e.g. the evaluators'
         normalised expert calls), so they too are computed once per load. Keys must be hashable

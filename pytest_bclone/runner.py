@@ -355,7 +355,7 @@ class Runner:
         for t in trajectories:
             # The parsed recorded actions too, now that the block refers to them (parsed again,
             # equal, when a shown row reads one).
-            object.__setattr__(t, "_actions", None)
+            t.forget_actions()
 
     def _fill_by_batch(self, points: Sequence[DecisionPoint]) -> None:
         """``--bclone-batch``: the cache misses of ``points`` go through the provider batch API first,
