@@ -10,6 +10,7 @@ merges them, decides and writes reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -590,12 +591,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             # it to disk in C. The controller reads it when the worker is down.
             import pickle
 
-            with open(f"{path}.tmp", "wb") as f:
-                pickle.dump(bsession.export(objects=True), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(f"{path}.tmp", path)
-            output["bclone_file"] = str(path)
-        else:
-            output["bclone"] = bsession.export()
+            try:
+                with open(f"{path}.tmp", "wb") as f:
+                    pickle.dump(bsession.export(objects=True), f, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(f"{path}.tmp", path)
+            except OSError:  # a full disk, a temporary directory removed mid-run: xdist's channel still works
+                with contextlib.suppress(OSError):
+                    os.remove(f"{path}.tmp")
+            else:
+                output["bclone_file"] = str(path)
+                return
+        output["bclone"] = bsession.export()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

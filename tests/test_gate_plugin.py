@@ -346,6 +346,26 @@ def test_xdist_splits_cohorts_between_workers_and_replays_each_trajectory_once(g
     _serial_then_two_workers(gate, passed=7)
 
 
+def test_a_worker_that_cannot_write_its_results_file_ships_them_through_xdist(gate: pytest.Pytester):
+    """The results file the controller names lies in a directory that is gone (a full disk or a
+    cleaned temporary directory behaves the same): the worker falls back to xdist's channel and
+    the report is the serial one."""
+    pytest.importorskip("xdist")
+    with open(gate.path / "conftest.py", "a") as f:
+        f.write(
+            "\n\nimport pytest\n\n\n@pytest.hookimpl(optionalhook=True, trylast=True)\ndef pytest_configure_node(node):\n"
+            "    node.workerinput['bclone_export'] = '/nonexistent-bclone-dir/results.pickle'\n")
+    gate.makepyfile(test_split="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        @pytest.mark.parametrize("cohort", ["good", "bad", "broken"])
+        def test_parity(cohort):
+            assert_parity(cohort, within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+    """)
+    _serial_then_two_workers(gate, passed=3)
+
+
 # Each cohort's tests only in the module's marker: no node id names a cohort or a trajectory. Two
 # tests per cohort, so without the workers' groups xdist's scheduler may give them to two workers.
 MARKER_ONLY = {
@@ -415,7 +435,8 @@ _fast_exit = plugin.fast_exit
 
 
 def fast_exit(config, code):
-    with open(f"fast_exit.{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log", "w") as f:
+    # Not PYTEST_XDIST_WORKER: under an outer `pytest -n`, this run's controller inherits it.
+    with open(f"fast_exit.{getattr(config, 'workerinput', {}).get('workerid', 'main')}.log", "w") as f:
         f.write(str(code))
     _fast_exit(config, code)
 
