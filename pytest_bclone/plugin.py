@@ -404,9 +404,15 @@ class _Controller:
             import pickle
 
             # Our own run's file (pytest_configure_node named it, in a directory only this run uses).
-            with open(path, "rb") as f:
-                data = pickle.load(f)
-            os.remove(path)
+            try:
+                with open(path, "rb") as f:
+                    data = pickle.load(f)
+                os.remove(path)
+            except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                # The worker's results are lost and the report would lack them: the gate blocks,
+                # naming the file (an unidentified crash blocks the same way).
+                self.session.outcomes[f"{node.gateway.id}'s results file {path} ({type(exc).__name__}: {exc})"] = "crashed"
+                return
         if data:
             self.session.merge(data)
 

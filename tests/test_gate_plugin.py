@@ -366,6 +366,32 @@ def test_a_worker_that_cannot_write_its_results_file_ships_them_through_xdist(ga
     _serial_then_two_workers(gate, passed=3)
 
 
+def test_a_worker_results_file_the_controller_cannot_read_blocks_the_gate(gate: pytest.Pytester):
+    """A worker's results file damaged before the controller reads it: the report would lack that
+    worker's results, so the gate blocks and names the file; no INTERNALERROR."""
+    pytest.importorskip("xdist")
+    with open(gate.path / "conftest.py", "a") as f:
+        f.write(
+            "\n\nimport pytest\n\n\n@pytest.hookimpl(optionalhook=True, tryfirst=True)\ndef pytest_testnodedown(node, error):\n"
+            "    path = getattr(node, 'workeroutput', {}).get('bclone_file')\n"
+            "    if path:\n"
+            "        open(path, 'wb').write(b'not a pickle')\n")
+    gate.makepyfile(test_split="""
+        import pytest
+        from pytest_bclone import assert_parity
+
+        @pytest.mark.parametrize("cohort", ["good", "bad"])
+        def test_parity(cohort):
+            assert_parity(cohort, within=3, metric="action_match", on_fail="warn", allow_inconclusive=True)
+    """)
+    dist = gate.runpytest_subprocess("-n", "2")
+    out = dist.stdout.str()
+    assert "INTERNALERROR" not in out + dist.stderr.str()
+    line = next(x for x in out.splitlines() if x.startswith("BCLONE GATE:"))
+    assert line.startswith("BCLONE GATE: BLOCKED") and "results file" in line and "UnpicklingError" in line, line
+    assert dist.ret != 0
+
+
 # Each cohort's tests only in the module's marker: no node id names a cohort or a trajectory. Two
 # tests per cohort, so without the workers' groups xdist's scheduler may give them to two workers.
 MARKER_ONLY = {
